@@ -1,0 +1,27 @@
+"""fxopt: a torch.fx pass compiler for fast transformer and LLM inference.
+
+    compiled = fxopt.compile(model, example_inputs)      # capture → passes → Inductor
+    compiled(**inputs)                                    # same outputs as model(**inputs)
+
+Public API: :func:`compile`; writing passes: :func:`graph_pass`, :func:`node_rewrite`,
+:class:`Rewriter`, :class:`PassResult`; running them: :class:`PassManager` and its instruments;
+the IR: :mod:`fxopt.ir`; errors: :class:`FxoptError` and its subclasses.
+"""
+from fxopt.errors import (CaptureError, FxoptError, InputError, NumericsError, PassError, PipelineSpecError,
+                          VerificationError)
+from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
+from fxopt.rewriter import Rewriter, node_rewrite
+from fxopt.pass_manager import Instrument, NumericCheck, PassManager, PrintAfter, Timing, Verify
+from fxopt.pipeline import DEFAULT_PIPELINE, build_pipeline, parse_spec
+from fxopt.api import CompileReport, compile  # noqa: A004 - fxopt.compile is the product's name
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "compile", "CompileReport",
+    "graph_pass", "node_rewrite", "GraphPass", "PassContext", "PassResult", "Rewriter",
+    "PassManager", "Instrument", "NumericCheck", "PrintAfter", "Timing", "Verify",
+    "DEFAULT_PIPELINE", "build_pipeline", "parse_spec",
+    "FxoptError", "CaptureError", "InputError", "NumericsError", "PassError", "PipelineSpecError",
+    "VerificationError",
+]

@@ -1,0 +1,150 @@
+"""Imperative rewrites: a function on one node that returns its replacement, or ``None``.
+
+For what declarative patterns cannot say. Every edit goes through a :class:`Rewriter`, which records
+it; the pass's ``changed`` flag and its stats come from those records, not from the author's word::
+
+    @node_rewrite("remove-dropout")
+    def remove_dropout(node, rw):
+        if node.target is aten.dropout.default:
+            rw.count("dropout")
+            return node.args[0]          # every use of `node` now uses its input
+
+Before / after::
+
+    %dropout = aten.dropout(%add, 0.1, False) : f32[batch, seq, 384]
+    %layer_norm = aten.layer_norm(%dropout, ...)
+    →
+    %layer_norm = aten.layer_norm(%add, ...)
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable
+
+import torch
+import torch.fx
+
+from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
+from fxopt.ir.meta import infer_meta
+from fxopt.ir.printer import format_node
+
+
+class Rewriter:
+    """Records every edit made to a graph module; the source of a pass's ``changed`` and stats."""
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        self.gm = gm
+        self.graph = gm.graph
+        self.counts: Counter[str] = Counter()
+        self.edits = 0
+
+    # -- reading ------------------------------------------------------------------------------------
+    def constant(self, node: torch.fx.Node) -> torch.Tensor | None:
+        """The tensor behind a ``get_attr`` node, else None."""
+        if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
+            return None
+        obj = self.gm
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+        return obj if isinstance(obj, torch.Tensor) else None
+
+    # -- editing ------------------------------------------------------------------------------------
+    def count(self, what: str, n: int = 1) -> None:
+        """Add to the stat ``what`` (e.g. ``"fused qkv"``); shown in the pass's stats."""
+        self.counts[what] += n
+
+    def replace(self, node: torch.fx.Node, value: Any) -> None:
+        """Make every user of ``node`` use ``value`` (a node or a literal) instead, then erase ``node``."""
+        if value is node:
+            return
+        node.replace_all_uses_with(value) if isinstance(value, torch.fx.Node) else _replace_with_literal(node, value)
+        self.graph.erase_node(node)
+        self.edits += 1
+
+    def erase(self, node: torch.fx.Node) -> None:
+        if node.users:
+            raise ValueError(f"cannot erase a node that is still used: {format_node(node)}")
+        self.graph.erase_node(node)
+        self.edits += 1
+
+    def call(self, target, args: tuple, kwargs: dict | None = None, *, before: torch.fx.Node) -> torch.fx.Node:
+        """Insert ``target(*args, **kwargs)`` before ``before``, with its shape/dtype metadata."""
+        with self.graph.inserting_before(before):
+            new = self.graph.call_function(target, tuple(args), dict(kwargs or {}))
+        infer_meta(self.gm, new)
+        self.edits += 1
+        return new
+
+    def add_constant(self, name_hint: str, tensor: torch.Tensor, *, before: torch.fx.Node) -> torch.fx.Node:
+        """Register ``tensor`` as a buffer of the graph module and return a ``get_attr`` node for it."""
+        base = "_fxopt_" + "".join(c if c.isalnum() else "_" for c in name_hint)
+        name, i = base, 0
+        while hasattr(self.gm, name):
+            i += 1
+            name = f"{base}_{i}"
+        self.gm.register_buffer(name, tensor.detach().contiguous())
+        with self.graph.inserting_before(before):
+            node = self.graph.get_attr(name)
+        infer_meta(self.gm, node)
+        self.edits += 1
+        return node
+
+    def remove_unused(self) -> int:
+        """Erase pure nodes (and unused constants) that nothing uses; returns how many went."""
+        removed = 0
+        changed = True
+        while changed:
+            changed = False
+            for node in reversed(list(self.graph.nodes)):
+                if node.op in ("call_function", "get_attr") and not node.users and not node.is_impure():
+                    self.graph.erase_node(node)
+                    removed += 1
+                    changed = True
+        self.edits += removed
+        return removed
+
+    def result(self) -> PassResult:
+        if self.edits:
+            self.graph.lint()
+            self.gm.recompile()
+        return PassResult(changed=self.edits > 0, stats=dict(self.counts))
+
+
+def _replace_with_literal(node: torch.fx.Node, value) -> None:
+    for user in list(node.users):
+        user.args = torch.fx.node.map_arg(user.args, lambda a: value if a is node else a)
+        user.kwargs = torch.fx.node.map_arg(user.kwargs, lambda a: value if a is node else a)
+
+
+NodeFn = Callable[[torch.fx.Node, Rewriter], Any]
+
+
+def node_rewrite(name: str, *, options: type | None = None, level: int = 1,
+                 after: tuple[str, ...] = (), before: tuple[str, ...] = ()):
+    """Decorator: a pass that calls ``fn(node, rewriter)`` (or ``fn(node, rewriter, options)``) on every
+    ``call_function`` node in order; a non-``None`` return replaces the node. Unused nodes are removed
+    at the end."""
+
+    def wrap(fn: NodeFn) -> GraphPass:
+        takes_options = fn.__code__.co_argcount >= 3
+
+        def run(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+            rw = Rewriter(gm)
+            for node in list(gm.graph.nodes):
+                if node.op != "call_function" or node.graph is not gm.graph or _erased(node):
+                    continue
+                out = fn(node, rw, ctx.options) if takes_options else fn(node, rw)
+                if out is not None:
+                    rw.replace(node, out)
+            rw.remove_unused()
+            return rw.result()
+
+        run.__doc__ = fn.__doc__
+        run.__name__ = fn.__name__
+        return graph_pass(name, options=options, level=level, after=after, before=before)(run)
+
+    return wrap
+
+
+def _erased(node: torch.fx.Node) -> bool:
+    return getattr(node, "_erased", False)

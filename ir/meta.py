@@ -1,0 +1,103 @@
+"""Reading the shape and dtype metadata that every node of fxopt's IR carries in ``meta["val"]``."""
+from __future__ import annotations
+
+import sympy
+import torch
+import torch.fx
+
+_DTYPE_SHORT = {
+    torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64",
+    torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
+    torch.bool: "bool",
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` → ``f32``."""
+    return _DTYPE_SHORT.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def dim_symbol(name: str) -> sympy.Symbol:
+    """The sympy symbol of a named dynamic dimension (``batch``, ``seq``)."""
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+def symbol_map(gm: torch.fx.GraphModule) -> dict[str, sympy.Symbol]:
+    """Export's shape symbol names → the named dimensions given at capture (``s18`` → ``batch``)."""
+    return {k: dim_symbol(v) for k, v in gm.meta.get("fxopt.symbols", {}).items()}
+
+
+def size_expr(size, symbols: dict | None = None) -> sympy.Expr:
+    """One size (int or SymInt) as a sympy expression over the named dimensions."""
+    if isinstance(size, torch.SymInt):
+        expr = size.node.expr
+        if symbols:
+            expr = expr.xreplace({s: symbols[s.name] for s in expr.free_symbols if s.name in symbols})
+        return expr
+    return sympy.Integer(int(size))
+
+
+def tensor_val(node) -> torch.Tensor | None:
+    """The node's example value when it is a single tensor, else None."""
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def shape_exprs(node, symbols: dict | None = None) -> tuple[sympy.Expr, ...] | None:
+    val = tensor_val(node)
+    return None if val is None else tuple(size_expr(s, symbols) for s in val.shape)
+
+
+def format_type(val, symbols: dict | None = None) -> str:
+    """``f32[batch, seq, 384]``; tuples of tensors as ``(f32[...], f32[...])``; ``?`` when unknown."""
+    if isinstance(val, torch.Tensor):
+        dims = ", ".join(str(size_expr(s, symbols)) for s in val.shape)
+        return f"{dtype_name(val.dtype)}[{dims}]"
+    if isinstance(val, (tuple, list)):
+        return "(" + ", ".join(format_type(v, symbols) for v in val) + ")"
+    if isinstance(val, torch.SymInt):
+        return f"sym {size_expr(val, symbols)}"
+    if val is None:
+        return "?"
+    return type(val).__name__
+
+
+def fake_mode_of(gm: torch.fx.GraphModule):
+    """The fake-tensor mode (with its shape environment) the graph was captured under."""
+    from torch._guards import detect_fake_mode
+
+    vals = [n.meta["val"] for n in gm.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
+    return detect_fake_mode(vals)
+
+
+def infer_meta(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    """Compute ``node.meta["val"]`` by running its target on its inputs' fake values."""
+    mode = fake_mode_of(gm)
+    if node.op == "get_attr":
+        real = _attr(gm, node.target)
+        node.meta["val"] = mode.from_tensor(real, static_shapes=True) if mode else real
+        return
+    if node.op != "call_function":
+        return
+
+    def to_val(a):
+        if isinstance(a, torch.fx.Node):
+            if "val" not in a.meta:
+                infer_meta(gm, a)
+            return a.meta["val"]
+        return a
+
+    args = torch.fx.node.map_aggregate(node.args, to_val)
+    kwargs = torch.fx.node.map_aggregate(node.kwargs, to_val)
+    if mode is None:
+        node.meta["val"] = node.target(*args, **kwargs)
+        return
+    with mode:
+        node.meta["val"] = node.target(*args, **kwargs)
+
+
+def _attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

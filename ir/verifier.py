@@ -1,0 +1,51 @@
+"""``verify(gm)``: torch.fx's lint plus the invariants every fxopt pass must keep.
+
+1. ``Graph.lint()`` holds (topological order, every argument defined, targets exist);
+2. every placeholder, ``get_attr`` and ``call_function`` node carries ``meta["val"]``;
+3. no dead node: every non-output node that is pure has a user;
+4. the outputs keep the captured structure: same count, and each output's dtype and rank.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from fxopt.errors import VerificationError
+from fxopt.ir.printer import format_node
+
+
+
+def find_problems(gm: torch.fx.GraphModule) -> list[str]:
+    """Every broken invariant as one line (empty when the graph is well formed)."""
+    problems: list[str] = []
+    try:
+        gm.graph.lint()
+    except Exception as e:  # noqa: BLE001 - lint raises bare RuntimeErrors
+        problems.append(f"lint: {e}")
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr", "call_function") and "val" not in node.meta:
+            problems.append(f"no meta['val'] (shape/dtype) on: {format_node(node)}")
+        if node.op in ("call_function", "get_attr") and not node.users and not node.is_impure():
+            problems.append(f"dead node (no users): {format_node(node)}")
+    expected = gm.meta.get("fxopt.outputs")
+    if expected is not None:
+        outputs = gm.graph.find_nodes(op="output")[0].args[0]
+        if len(outputs) != len(expected):
+            problems.append(f"output count changed: {len(outputs)} outputs, captured {len(expected)}")
+        else:
+            for i, (arg, exp) in enumerate(zip(outputs, expected)):
+                val = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
+                got = (str(val.dtype), val.dim()) if isinstance(val, torch.Tensor) else None
+                if exp is not None and got is not None and got != tuple(exp):
+                    problems.append(f"output {i} changed from {exp[0]} rank {exp[1]} to {got[0]} rank {got[1]}")
+    return problems
+
+
+def verify(gm: torch.fx.GraphModule, *, context: str = "") -> None:
+    """Raise :class:`fxopt.VerificationError` listing every broken invariant of ``gm``."""
+    problems = find_problems(gm)
+    if problems:
+        where = f" {context}" if context else ""
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise VerificationError(f"graph is not well formed{where}:\n  {shown}{more}")
