@@ -76,8 +76,13 @@ class CompiledModule(torch.nn.Module):
                                  f"with it in example_kwargs (compiled: {self._describe_inputs()})")
         leaves, spec = pytree.tree_flatten(((), call))
         if spec != captured.in_spec:
-            raise InputError(f"the inputs' structure differs from the captured one; expected "
-                             f"{self._describe_inputs()}")
+            kwargs_spec = captured.in_spec.child(1)
+            for key, want in zip(kwargs_spec.context, kwargs_spec.children()):
+                got = pytree.tree_structure(call[key])
+                if got != want:
+                    kind = "a tensor" if want.is_leaf() else f"structured like {want}"
+                    raise InputError(f"input {key!r} must be {kind}, got {_short(call[key])} "
+                                     f"(compiled: {self._describe_inputs()})")
         return self._check_leaves(leaves)
 
     def _check_leaves(self, leaves) -> list[torch.Tensor]:

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real models are loaded once per test session."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore", category=UserWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from fxopt import models
+    return models.load("minilm")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from fxopt import models
+    return models.load("smollm2")
+
+
+@pytest.fixture(scope="session")
+def minilm_compiled(minilm):
+    """MiniLM through the default pipeline and Inductor, compiled at batch 8 × 128."""
+    import fxopt
+    return fxopt.compile(minilm.model, minilm.inputs(8, 128))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()

@@ -1,0 +1,48 @@
+"""The fxopt command: bad arguments give one clear line and a non-zero exit; the bench measures."""
+import subprocess
+import sys
+
+import pytest
+
+
+def fxopt_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fxopt.tools.cli", *args], capture_output=True, text=True)
+
+
+def test_passes_lists_the_default_pipeline():
+    proc = fxopt_cli("passes")
+    assert proc.returncode == 0
+    assert "eliminate-dead-nodes" in proc.stdout and "yes" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("optimize", "gpt5"), "unknown model 'gpt5'"),
+    (("bench", "--models", "gpt5"), "unknown model or configuration: ['gpt5']"),
+    (("bench", "--configs", "tvm"), "unknown model or configuration: ['tvm']"),
+    (("bench", "--reps", "0"), "--reps must be at least 1"),
+    (("optimize", "minilm", "--reps", "0"), "--reps must be at least 1"),
+    (("frobnicate",), "invalid choice: 'frobnicate'"),
+])
+def test_bad_arguments(args, message):
+    proc = fxopt_cli(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_pass_in_optimize_is_one_line():
+    proc = fxopt_cli("optimize", "minilm", "--passes", "eliminate-dead-nodez", "--reps", "1")
+    assert proc.returncode == 1
+    assert "fxopt: error: unknown pass 'eliminate-dead-nodez'; did you mean eliminate-dead-nodes" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_measures_fxopt_against_eager_in_one_process():
+    from fxopt.tools.bench import measure, table
+
+    m = measure("minilm", "fxopt", reps=3, warmup=1)
+    assert m.eager_ms > 0 and m.candidate_ms > 0
+    assert m.accuracy["min_cosine"] > 0.99999 and m.accuracy["max_rel_err"] < 1e-4
+    assert "eliminate-dead-nodes" in m.extra
+    assert "minilm" in table([m]) and "speed vs eager" in table([m])

@@ -1,0 +1,45 @@
+"""fxopt.compile on the real SmolLM2-135M (Llama): logits and greedy generation equal eager's."""
+import pytest
+import torch
+
+import fxopt
+from conftest import rel_err
+
+
+@pytest.fixture(scope="module")
+def smollm2_compiled(smollm2):
+    return fxopt.compile(smollm2.model, smollm2.inputs(1, 64))
+
+
+@pytest.mark.slow
+def test_smollm2_logits_match_eager(smollm2, smollm2_compiled):
+    with torch.no_grad():
+        for batch, seq in ((1, 64), (2, 100), (1, 7)):
+            inputs = smollm2.inputs(batch, seq)
+            out, ref = smollm2_compiled(**inputs), smollm2.model(**inputs)
+            assert type(out).__name__ == "CausalLMOutputWithPast"
+            assert rel_err(out.logits, ref.logits) < 1e-4, (batch, seq)
+            assert torch.equal(out.logits.argmax(-1), ref.logits.argmax(-1))
+
+
+@pytest.mark.slow
+def test_smollm2_generate_gives_eagers_greedy_tokens(smollm2, smollm2_compiled):
+    tok = smollm2.tokenizer
+    for question, min_new in (("What is the capital of France?", 0), ("Write a short poem about rivers.", 32)):
+        prompt = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         return_tensors="pt", return_dict=True)
+        kwargs = dict(max_new_tokens=32, min_new_tokens=min_new, do_sample=False)
+        ref = smollm2.model.generate(**prompt, **kwargs)
+        out = smollm2_compiled.generate(**prompt, **kwargs)
+        assert torch.equal(out, ref)
+        if min_new:
+            assert out.shape[1] - prompt["input_ids"].shape[1] == 32
+        else:
+            answer = tok.decode(out[0, prompt["input_ids"].shape[1]:])
+            assert "Paris" in answer
+
+
+@pytest.mark.slow
+def test_smollm2_attributes_delegate_to_the_model(smollm2, smollm2_compiled):
+    assert smollm2_compiled.config is smollm2.model.config
+    assert smollm2_compiled.report.pipeline.record("eliminate-dead-nodes").stats["assertions"] > 100

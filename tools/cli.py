@@ -1,0 +1,91 @@
+"""The ``fxopt`` command.
+
+    fxopt optimize minilm          compile a bundled model, print a before/after table
+    fxopt bench                    eager vs torch.compile vs fxopt on the real models
+    fxopt passes                   list the passes fxopt knows (its own and installed plugins)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tabulate import tabulate
+
+
+def _optimize(args) -> int:
+    from fxopt.models import MODEL_NAMES
+    from fxopt.tools.bench import WORKLOADS, format_accuracy, measure
+    import fxopt
+
+    if args.model not in MODEL_NAMES:
+        print(f"fxopt optimize: unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}", file=sys.stderr)
+        return 2
+    holder = {}
+
+    def build(model, inputs):
+        compiled = fxopt.compile(model, inputs, passes=args.passes, verbose=args.verbose)
+        holder["compiled"] = compiled
+        return compiled, ""
+
+    print(f"[fxopt] loading {args.model}, compiling, then timing {args.reps} interleaved rounds…", file=sys.stderr)
+    m = measure(args.model, "fxopt", reps=args.reps, build=build)
+    report = holder["compiled"].report
+    batch, seq = WORKLOADS[args.model]
+    print(f"\n{args.model}: batch {batch} × {seq} tokens\n")
+    print(tabulate([
+        ["graph nodes", report.nodes_captured, report.nodes_optimized],
+        ["median latency (ms)", f"{m.eager_ms:.1f}", f"{m.candidate_ms:.1f}"],
+        ["speed vs eager", "1.00×", f"{m.speedup:.2f}×"],
+        ["accuracy vs eager", "reference", format_accuracy(m.accuracy)],
+        ["compile time (s)", "-", f"{m.compile_s:.1f}"],
+    ], headers=["", "before (eager)", "after (fxopt)"], tablefmt="github"))
+    print(f"\n{report.pipeline.table()}")
+    return 0
+
+
+def _passes(args) -> int:
+    from fxopt.pipeline import DEFAULT_PIPELINE
+    from fxopt.registry import available_passes
+
+    rows = [[p.name, p.level, "yes" if p.name in DEFAULT_PIPELINE else "", p.summary]
+            for p in available_passes().values()]
+    print(tabulate(rows, headers=["pass", "level", "default", "what it does"]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fxopt", description="A torch.fx pass compiler for fast inference.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    opt = sub.add_parser("optimize", help="compile a bundled model and print a before/after table")
+    opt.add_argument("model", help="minilm or smollm2")
+    opt.add_argument("--passes", default=None, help="pipeline spec, e.g. 'eliminate-dead-nodes' (default pipeline)")
+    opt.add_argument("--reps", type=int, default=10, help="timed rounds (default 10)")
+    opt.add_argument("--verbose", action="store_true", help="print progress per pass")
+    opt.set_defaults(run=_optimize)
+
+    bench = sub.add_parser("bench", help="eager vs torch.compile vs fxopt, side by side", add_help=False)
+    bench.set_defaults(run=None)
+
+    lst = sub.add_parser("passes", help="list the available passes")
+    lst.set_defaults(run=_passes)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from fxopt.tools.bench import main as bench_main
+        return bench_main(argv[1:])
+    args = parser.parse_args(argv)
+    if getattr(args, "reps", 1) < 1:
+        parser.error("--reps must be at least 1")
+    try:
+        return args.run(args)
+    except Exception as e:  # noqa: BLE001 - fxopt's own errors print as one line
+        from fxopt.errors import FxoptError
+        if isinstance(e, FxoptError):
+            print(f"fxopt: error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
