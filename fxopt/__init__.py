@@ -11,6 +11,7 @@ from fxopt.errors import (CaptureError, FxoptError, InputError, NumericsError, P
                           VerificationError)
 from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.rewriter import Rewriter, node_rewrite
+from fxopt.pattern import Match, PatternError, PatternRule, pattern_pass
 from fxopt.pass_manager import Instrument, NumericCheck, PassManager, PrintAfter, Timing, Verify
 from fxopt.pipeline import DEFAULT_PIPELINE, build_pipeline, parse_spec
 from fxopt.api import CompileReport, compile  # noqa: A004 - fxopt.compile is the product's name
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compile", "CompileReport",
-    "graph_pass", "node_rewrite", "GraphPass", "PassContext", "PassResult", "Rewriter",
+    "graph_pass", "node_rewrite", "pattern_pass", "PatternRule", "PatternError", "Match", "GraphPass", "PassContext", "PassResult", "Rewriter",
     "PassManager", "Instrument", "NumericCheck", "PrintAfter", "Timing", "Verify",
     "DEFAULT_PIPELINE", "build_pipeline", "parse_spec",
     "FxoptError", "CaptureError", "InputError", "NumericsError", "PassError", "PipelineSpecError",

@@ -66,8 +66,11 @@ def fake_mode_of(gm: torch.fx.GraphModule):
     """The fake-tensor mode (with its shape environment) the graph was captured under."""
     from torch._guards import detect_fake_mode
 
-    vals = [n.meta["val"] for n in gm.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
-    return detect_fake_mode(vals)
+    if "fxopt.fake_mode" not in gm.meta:
+        vals = [n.meta["val"] for n in gm.graph.find_nodes(op="placeholder")
+                if isinstance(n.meta.get("val"), torch.Tensor)]
+        gm.meta["fxopt.fake_mode"] = detect_fake_mode(vals) if vals else None
+    return gm.meta["fxopt.fake_mode"]
 
 
 def infer_meta(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:

@@ -1,11 +1,21 @@
 """fxopt's pass library: one file per pass, each a :class:`fxopt.GraphPass` built with the public API.
 
-``BUILTIN_PASSES`` lists them in the order of the default pipeline (see :mod:`fxopt.pipeline`).
+``BUILTIN_PASSES`` lists them; the default pipeline (``fxopt.pipeline.DEFAULT_PIPELINE``) names the
+ones it runs, in order.
 """
 from fxopt.passes.eliminate_dead_nodes import eliminate_dead_nodes
+from fxopt.passes.eliminate_common_subexpressions import eliminate_common_subexpressions
+from fxopt.passes.fold_constants import fold_constants
+from fxopt.passes.fuse_rms_norm import fuse_rms_norm
+from fxopt.passes.fuse_sibling_linears import fuse_sibling_linears
 
 BUILTIN_PASSES = (
     eliminate_dead_nodes,
+    eliminate_common_subexpressions,
+    fold_constants,
+    fuse_rms_norm,
+    fuse_sibling_linears,
 )
 
-__all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes"]
+__all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "eliminate_common_subexpressions", "fold_constants",
+           "fuse_rms_norm", "fuse_sibling_linears"]

@@ -43,3 +43,11 @@ def test_smollm2_generate_gives_eagers_greedy_tokens(smollm2, smollm2_compiled):
 def test_smollm2_attributes_delegate_to_the_model(smollm2, smollm2_compiled):
     assert smollm2_compiled.config is smollm2.model.config
     assert smollm2_compiled.report.pipeline.record("eliminate-dead-nodes").stats["assertions"] > 100
+
+
+@pytest.mark.slow
+def test_smollm2_fusion_stats(smollm2_compiled):
+    pipeline = smollm2_compiled.report.pipeline
+    assert pipeline.record("fuse-rms-norm").stats["fuse-rms-norm"] == 61  # 2 per layer × 30 + final
+    # 30 q/k/v groups (grouped-query: 576, 192, 192) + 30 gate/up pairs
+    assert pipeline.record("fuse-sibling-linears").stats == {"groups fused": 60, "linears fused": 150}

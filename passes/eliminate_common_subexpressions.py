@@ -1,0 +1,68 @@
+"""eliminate-common-subexpressions: compute each pure expression once.
+
+Two nodes with the same target and the same arguments (after earlier merges) become one. Random ops
+(dropout, rand*, bernoulli…), mutating ops and impure nodes are never merged.
+
+Before::
+
+    %arange_2 = aten.arange(%sym_size_int_23, device='cpu', pin_memory=False) : i64[seq]
+    %arange_3 = aten.arange(%sym_size_int_23, device='cpu', pin_memory=False) : i64[seq]
+    %unsqueeze_6 = aten.unsqueeze(%arange_2, 0) : i64[1, seq]
+    %unsqueeze_9 = aten.unsqueeze(%arange_3, 0) : i64[1, seq]
+
+After::
+
+    %arange_2 = aten.arange(%sym_size_int_23, device='cpu', pin_memory=False) : i64[seq]
+    %unsqueeze_6 = aten.unsqueeze(%arange_2, 0) : i64[1, seq]
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from fxopt.graph_pass import PassContext, PassResult, graph_pass
+from fxopt.rewriter import Rewriter
+
+
+def is_pure(node: torch.fx.Node) -> bool:
+    """True when running ``node`` twice on the same inputs gives the same result and changes nothing."""
+    if node.op != "call_function" or node.is_impure():
+        return False
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        if target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags:
+            return False
+        return "dropout" not in target.name()
+    return getattr(target, "__module__", "") in ("_operator", "operator")
+
+
+def _key(value):
+    if isinstance(value, torch.fx.Node):
+        return ("node", value)
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_key(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((k, _key(v)) for k, v in value.items())))
+    if isinstance(value, float):
+        return ("float", repr(value))  # keeps 0.0 and -0.0, nan and nan apart/together correctly
+    try:
+        hash(value)
+        return (type(value).__name__, value)
+    except TypeError:
+        return ("repr", repr(value))
+
+
+@graph_pass("eliminate-common-subexpressions", after=("eliminate-dead-nodes",))
+def eliminate_common_subexpressions(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Merge pure nodes that compute the same thing from the same inputs."""
+    rw = Rewriter(gm)
+    seen: dict = {}
+    for node in list(gm.graph.nodes):
+        if not is_pure(node):
+            continue
+        key = (node.target, _key(node.args), _key(node.kwargs))
+        first = seen.setdefault(key, node)
+        if first is not node:
+            rw.replace(node, first)
+            rw.count("merged")
+    return rw.result()

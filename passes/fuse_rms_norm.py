@@ -1,0 +1,48 @@
+"""fuse-rms-norm: Llama's decomposed RMSNorm → one ``aten.rms_norm``.
+
+Before (after eliminate-dead-nodes removed the no-op ``to(float32)`` casts around it)::
+
+    %pow_1 = aten.pow.Tensor_Scalar(%embedding, 2) : f32[batch, seq, 576]
+    %mean = aten.mean.dim(%pow_1, [-1], True) : f32[batch, seq, 1]
+    %add_4 = aten.add.Tensor(%mean, 1e-05) : f32[batch, seq, 1]
+    %rsqrt = aten.rsqrt(%add_4) : f32[batch, seq, 1]
+    %mul_3 = aten.mul.Tensor(%embedding, %rsqrt) : f32[batch, seq, 576]
+    %mul_4 = aten.mul.Tensor(%model.layers.0.input_layernorm.weight, %mul_3) : f32[batch, seq, 576]
+
+After::
+
+    %rms_norm = aten.rms_norm(%embedding, [576], %model.layers.0.input_layernorm.weight, 1e-05) : f32[batch, seq, 576]
+
+Written with the declarative pattern API (``fxopt.pattern_pass``): the pattern is the modeling code.
+Inductor decomposes ``rms_norm`` into one fused kernel either way; the value is a graph that says what it
+computes, for the cost model, the dump tool and precision passes.
+"""
+import torch
+
+from fxopt.pattern import pattern_pass
+
+aten = torch.ops.aten
+
+
+def rms_norm_pattern(x, weight, eps=1e-6):
+    """Llama/Qwen/Mistral RMSNorm as Hugging Face writes it."""
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return weight * (x * torch.rsqrt(variance + eps))
+
+
+def rms_norm_replacement(x, weight, eps):
+    return aten.rms_norm.default(x, [x.shape[-1]], weight, eps)
+
+
+def _weight_matches_hidden(match):
+    weight, x = match.val("weight"), match.val("x")
+    if weight is None or weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
+        return "the scale is not a vector over the last dimension"
+    return True
+
+
+fuse_rms_norm = pattern_pass(
+    "fuse-rms-norm", rms_norm_pattern, rms_norm_replacement,
+    example_inputs=(torch.randn(2, 5, 8), torch.randn(8)),
+    where=_weight_matches_hidden,
+)

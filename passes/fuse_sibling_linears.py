@@ -1,0 +1,83 @@
+"""fuse-sibling-linears: linears that read the same input become one linear and a split.
+
+Fuses attention's q/k/v projections (BERT; Llama with grouped-query shapes, where k/v are narrower than q)
+and the gate/up pair of SwiGLU MLPs: one larger GEMM instead of two or three, reading the input once.
+The concatenated weight (and bias) is computed once at compile time.
+
+Before::
+
+    %linear = aten.linear(%layer_norm, %q.weight, %q.bias) : f32[batch, seq, 384]
+    %linear_1 = aten.linear(%layer_norm, %k.weight, %k.bias) : f32[batch, seq, 384]
+    %linear_2 = aten.linear(%layer_norm, %v.weight, %v.bias) : f32[batch, seq, 384]
+
+After::
+
+    %_fxopt_linear_fused_weight = const : f32[1152, 384]
+    %_fxopt_linear_fused_bias = const : f32[1152]
+    %linear_fused = aten.linear(%layer_norm, %_fxopt_linear_fused_weight, %_fxopt_linear_fused_bias) : f32[batch, seq, 1152]
+    %split = aten.split_with_sizes(%linear_fused, [384, 384, 384], -1) : (f32[batch, seq, 384], ...)
+    %getitem = getitem(%split, 0) : f32[batch, seq, 384]
+    ...
+
+Preconditions: weights are constants (not inputs), all siblings have a bias or none does, same dtype.
+Siblings that break a precondition are left alone and the reason is in the pass's diagnostics.
+"""
+from __future__ import annotations
+
+import operator
+from collections import defaultdict
+
+import torch
+import torch.fx
+
+from fxopt.graph_pass import PassContext, PassResult, graph_pass
+from fxopt.rewriter import Rewriter
+
+aten = torch.ops.aten
+
+
+@graph_pass("fuse-sibling-linears", after=("eliminate-dead-nodes",))
+def fuse_sibling_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Merge linears that share an input (q/k/v, gate/up) into one linear followed by a split."""
+    rw = Rewriter(gm)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    groups: dict[torch.fx.Node, list[torch.fx.Node]] = defaultdict(list)
+    for node in gm.graph.find_nodes(op="call_function", target=aten.linear.default):
+        groups[node.args[0]].append(node)
+    for source, linears in groups.items():
+        if len(linears) < 2:
+            continue
+        weights = [rw.constant(n.args[1]) for n in linears]
+        biases = [rw.constant(n.args[2]) if len(n.args) > 2 and n.args[2] is not None else None for n in linears]
+        reason = _why_not(linears, weights, biases)
+        if reason:
+            ctx.note(f"{len(linears)} linears reading %{source.name} not fused: {reason}")
+            rw.count("groups not fused")
+            continue
+        first = min(linears, key=order.__getitem__)
+        weight = rw.add_constant(f"{first.name}_fused_weight", torch.cat(weights, 0), before=first)
+        args = [source, weight]
+        if biases[0] is not None:
+            args.append(rw.add_constant(f"{first.name}_fused_bias", torch.cat(biases, 0), before=first))
+        fused = rw.call(aten.linear.default, tuple(args), before=first)
+        sizes = [w.shape[0] for w in weights]
+        split = rw.call(aten.split_with_sizes.default, (fused, sizes, -1), before=first)
+        parts = [rw.call(operator.getitem, (split, i), before=first) for i in range(len(linears))]
+        for linear, part in zip(linears, parts):
+            rw.replace(linear, part)
+        rw.count("groups fused")
+        rw.count("linears fused", len(linears))
+    rw.remove_unused()
+    return rw.result()
+
+
+def _why_not(linears, weights, biases) -> str | None:
+    if any(w is None for w in weights):
+        return "a weight is not a constant"
+    if len({w.dtype for w in weights}) > 1 or len({w.shape[1] for w in weights}) > 1:
+        return "weights differ in dtype or input width"
+    if len({b is None for b in biases}) > 1:
+        return "some have a bias and some do not"
+    if any(len(n.args) > 3 or n.kwargs for n in linears):
+        return "unexpected extra arguments"
+    return None

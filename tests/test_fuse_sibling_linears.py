@@ -1,0 +1,38 @@
+"""fuse-sibling-linears: q/k/v and gate/up fusion, golden text, stats on the real models."""
+import torch
+
+from fxopt.testing import check_pass, filecheck
+
+
+class QKV(torch.nn.Module):
+    def __init__(self, bias=True, kv=4):
+        super().__init__()
+        self.q = torch.nn.Linear(8, 8, bias=bias)
+        self.k = torch.nn.Linear(8, kv, bias=bias)
+        self.v = torch.nn.Linear(8, kv, bias=True)
+
+    def forward(self, x):
+        return self.q(x) + self.k(x).repeat(1, 8 // self.k.out_features) * self.v(x).repeat(1, 8 // self.k.out_features)
+
+
+def test_grouped_query_shapes_fuse_golden():
+    result = check_pass("fuse-sibling-linears", QKV(), torch.randn(3, 8))
+    assert result.stats == {"groups fused": 1, "linears fused": 3}
+    filecheck(result.after, """
+        CHECK: %_fxopt_linear_fused_weight = const : f32[16, 8]
+        CHECK: %_fxopt_linear_fused_bias = const : f32[16]
+        CHECK: aten.linear(%x, %_fxopt_linear_fused_weight, %_fxopt_linear_fused_bias) : f32[batch, 16]
+        CHECK-NEXT: aten.split_with_sizes(%linear_default, [8, 4, 4], -1)
+        CHECK-NOT: %linear_1 =
+    """)
+
+
+def test_mixed_bias_is_reported_not_fused():
+    result = check_pass("fuse-sibling-linears", QKV(bias=False), torch.randn(3, 8))
+    assert result.stats == {"groups not fused": 1}
+    assert any("some have a bias and some do not" in d for d in result.diagnostics)
+
+
+def test_fuses_six_qkv_groups_on_minilm(minilm_compiled):
+    stats = minilm_compiled.report.pipeline.record("fuse-sibling-linears").stats
+    assert stats == {"groups fused": 6, "linears fused": 18}
