@@ -28,14 +28,14 @@ from tabulate import tabulate
 WORKLOADS = {"minilm": (8, 128), "smollm2": (1, 256)}
 
 
-def _torch_compile(dynamic: bool):
+def torch_compile_config(dynamic: bool):
     def build(model, inputs):
         compiled = torch.compile(model, dynamic=dynamic, options={"freezing": True})
         return lambda **kw: compiled(**kw), ""
     return build
 
 
-def _fxopt(**compile_kwargs):
+def fxopt_config(**compile_kwargs):
     def build(model, inputs):
         import fxopt
         compiled = fxopt.compile(model, inputs, **compile_kwargs)
@@ -45,9 +45,9 @@ def _fxopt(**compile_kwargs):
 
 #: configuration name → builder(model, example inputs) -> (callable, extra text)
 CONFIGS: dict[str, Callable] = {
-    "torch.compile static+freezing": _torch_compile(dynamic=False),
-    "torch.compile dynamic+freezing": _torch_compile(dynamic=True),
-    "fxopt": _fxopt(),
+    "torch.compile static+freezing": torch_compile_config(dynamic=False),
+    "torch.compile dynamic+freezing": torch_compile_config(dynamic=True),
+    "fxopt": fxopt_config(),
 }
 
 
