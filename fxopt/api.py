@@ -11,6 +11,8 @@ import torch
 from tabulate import tabulate
 
 from fxopt.compiled_module import CompiledModule
+from fxopt.cost.estimate import CostReport
+from fxopt.cost.instrument import CostDelta
 from fxopt.graph_pass import GraphPass
 from fxopt.ir.capture import CapturedModel, capture
 from fxopt.lowering import lower
@@ -32,13 +34,31 @@ class CompileReport:
     backend: str
     dims: str
     pipeline: PipelineReport
+    example_dims: dict[str, int] = field(default_factory=dict)
+    cost_captured: CostReport | None = None  # FLOPs/bytes formulas of the graph before the passes
+    cost_optimized: CostReport | None = None  # ... and after them
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def flops_captured(self):
+        return self.cost_captured.flops
+
+    @property
+    def flops_optimized(self):
+        return self.cost_optimized.flops
+
+    def _at(self, expr) -> float:
+        from fxopt.ir.meta import dim_symbol
+        return float(expr.subs({dim_symbol(k): v for k, v in self.example_dims.items()}))
 
     def __str__(self) -> str:
         head = tabulate([
             ["model", self.model],
             ["dynamic dims", self.dims or "none (static shapes)"],
             ["nodes captured → optimized", f"{self.nodes_captured} → {self.nodes_optimized}"],
+            ["FLOPs (formula)", str(self.flops_optimized)],
+            ["FLOPs at " + ", ".join(f"{k}={v}" for k, v in self.example_dims.items()),
+             f"{self._at(self.flops_captured) / 1e9:.3f} → {self._at(self.flops_optimized) / 1e9:.3f} GFLOP"],
             ["capture / passes / lowering", f"{self.capture_seconds:.1f} s / {self.passes_seconds:.1f} s / "
                                             f"{self.lowering_seconds:.1f} s ({self.backend})"],
         ], tablefmt="plain")
@@ -90,6 +110,8 @@ def compile(
         inst.append(PrintAfter(print_after))
     if verbose:
         inst.append(Timing(sys.stderr))
+    cost = CostDelta(captured.example_dims())
+    inst.append(cost)
     inst.extend(instruments)
     manager = PassManager(build_pipeline(passes, opt_level=opt_level, disable=disable), inst)
     start = time.perf_counter()
@@ -107,6 +129,9 @@ def compile(
         backend=backend,
         dims=", ".join(str(d) for d in captured.dims.values()),
         pipeline=pipeline_report,
+        example_dims=captured.example_dims(),
+        cost_captured=cost.first,
+        cost_optimized=cost.last,
         notes=list(captured.notes),
     )
     if verbose:

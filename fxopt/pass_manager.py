@@ -44,12 +44,18 @@ class PipelineReport:
     records: list[PassRecord] = field(default_factory=list)
 
     def table(self) -> str:
+        costs = any("gflop_delta" in r.extra for r in self.records)
         rows = []
         for r in self.records:
             stats = ", ".join(f"{k}={v}" for k, v in r.stats.items())
             status = f"reverted: {r.reverted}" if r.reverted else ("changed" if r.changed else "-")
-            rows.append([r.name, r.nodes_before, r.nodes_after, f"{r.seconds * 1e3:.1f}", status, stats])
-        return tabulate(rows, headers=["pass", "nodes before", "nodes after", "ms", "result", "stats"])
+            row = [r.name, r.nodes_before, r.nodes_after, f"{r.seconds * 1e3:.1f}", status]
+            if costs:
+                row += [f"{r.extra.get('gflop_delta', 0.0):+.3f}", f"{r.extra.get('mb_delta', 0.0):+.1f}"]
+            rows.append(row + [stats])
+        headers = ["pass", "nodes before", "nodes after", "ms", "result"]
+        headers += ["Δ GFLOP", "Δ MB moved"] if costs else []
+        return tabulate(rows, headers=headers + ["stats"], disable_numparse=True)
 
     def record(self, name: str) -> PassRecord:
         for r in self.records:
@@ -99,6 +105,7 @@ class PassManager:
     def run(self, gm: torch.fx.GraphModule, example_inputs: Sequence[torch.Tensor] = ()) -> PipelineReport:
         report = PipelineReport()
         base_ctx = PassContext(example_inputs=list(example_inputs))
+        mark_provenance(gm, "capture")
         for inst in self.instruments:
             inst.before_pipeline(gm, base_ctx)
         snapshot_needed = any(i.wants_snapshot for i in self.instruments)
@@ -122,6 +129,7 @@ class PassManager:
                                 "let the pass manager decide (return changed=None) or fix the flag.")
             if actually_changed:
                 gm.recompile()
+                mark_provenance(gm, p.name)
             record = PassRecord(p.name, actually_changed, dict(result.stats), seconds, nodes_before,
                                 count_nodes(gm), diagnostics=list(ctx.diagnostics))
             for inst in self.instruments:
@@ -136,6 +144,13 @@ class PassManager:
         for inst in self.instruments:
             inst.after_pipeline(gm, report)
         return report
+
+
+def mark_provenance(gm: torch.fx.GraphModule, creator: str) -> None:
+    """Tag nodes that have no creator yet with ``creator`` (``meta["fxopt.created_by"]``): the pass that made
+    each node, shown by the dump tool."""
+    for node in gm.graph.nodes:
+        node.meta.setdefault("fxopt.created_by", creator)
 
 
 def check_order(passes: Sequence[GraphPass]) -> None:

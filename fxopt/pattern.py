@@ -35,7 +35,7 @@ from fxopt.errors import PassError
 from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.ir.meta import infer_meta, symbol_map
 from fxopt.ir.printer import format_node
-from fxopt.rewriter import Rewriter
+from fxopt.rewriter import Rewriter, inherit_location
 
 
 class PatternError(PassError):
@@ -159,8 +159,8 @@ def pattern_pass(name: str, pattern: Callable | None = None, replacement: Callab
 
 def _apply(rule: PatternRule, gm: torch.fx.GraphModule, rw: Rewriter, ctx: PassContext) -> None:
     """Replace matches until none is left (a replacement can be the input of the next match)."""
-    matcher = SubgraphMatcher(rule._graph, match_output=False, match_placeholder=False,
-                              remove_overlapping_matches=True, ignore_literals=True)
+    matcher = _Matcher(rule._graph, match_output=False, match_placeholder=False,
+                       remove_overlapping_matches=True, ignore_literals=False)
     slots = rule.literal_slots()
     rejected: set[torch.fx.Node] = set()
     while True:
@@ -199,6 +199,19 @@ def _apply_one(rule, gm, rw, ctx, m, slots) -> bool:
     return True
 
 
+class _Matcher(SubgraphMatcher):
+    """torch.fx's matcher, with tensors matching only tensors and literals matching any literal of the same
+    kind; literal *values* are checked afterwards by ``_bind_literals``, which can say which one differed."""
+
+    def _match_literals(self, pn, gn, match) -> bool:
+        if isinstance(pn, torch.fx.Node) or isinstance(gn, torch.fx.Node):
+            return False
+        number = (int, float)
+        if isinstance(pn, number) and not isinstance(pn, bool):
+            return isinstance(gn, number) and not isinstance(gn, bool)
+        return type(pn) is type(gn)
+
+
 def _bind_literals(rule, nodes_map, slots, symbols):
     scalars: dict[str, Any] = {}
     for pnode in rule._graph.nodes:
@@ -215,6 +228,9 @@ def _bind_literals(rule, nodes_map, slots, symbols):
                 scalars[param] = ga
             elif pa != ga:
                 return None, f"literal {ga!r} ≠ pattern's {pa!r} in {format_node(gnode, symbols)}"
+        literal_kwargs = {k: v for k, v in pnode.kwargs.items() if not isinstance(v, torch.fx.Node)}
+        if any(gnode.kwargs.get(k) != v for k, v in literal_kwargs.items()):
+            return None, f"keyword arguments differ in {format_node(gnode, symbols)}"
     return scalars, None
 
 
@@ -244,5 +260,6 @@ def _insert_replacement(rule, gm, anchor, inputs, scalars) -> torch.fx.Node:
         raise PatternError(f"the replacement of pattern {rule.name!r} must return a tensor computed from its inputs")
     for node in graph.nodes:
         if node not in existing:
+            inherit_location(node, anchor)
             infer_meta(gm, node)
     return out.node

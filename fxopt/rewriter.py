@@ -71,6 +71,7 @@ class Rewriter:
         """Insert ``target(*args, **kwargs)`` before ``before``, with its shape/dtype metadata."""
         with self.graph.inserting_before(before):
             new = self.graph.call_function(target, tuple(args), dict(kwargs or {}))
+        inherit_location(new, before)
         infer_meta(self.gm, new)
         self.edits += 1
         return new
@@ -108,6 +109,13 @@ class Rewriter:
             self.graph.lint()
             self.gm.recompile()
         return PassResult(changed=self.edits > 0, stats=dict(self.counts))
+
+
+def inherit_location(new: torch.fx.Node, origin: torch.fx.Node) -> None:
+    """Give a new node the module path and source line of the node it stands in for."""
+    for key in ("nn_module_stack", "stack_trace"):
+        if key in origin.meta and key not in new.meta:
+            new.meta[key] = origin.meta[key]
 
 
 def _replace_with_literal(node: torch.fx.Node, value) -> None:

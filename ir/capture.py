@@ -84,6 +84,15 @@ class CapturedModel:
     def tensor_slots(self) -> list[InputSlot]:
         return [s for s in self.slots if s.is_tensor]
 
+    def example_dims(self) -> dict[str, int]:
+        """The example's size of every dynamic dimension, e.g. ``{"batch": 8, "seq": 128}``."""
+        sizes: dict[str, int] = {}
+        for slot, tensor in zip(self.tensor_slots, self.example_inputs):
+            for name, size in zip(slot.shape, tensor.shape):
+                if isinstance(name, str):
+                    sizes.setdefault(name, int(size))
+        return sizes
+
     def fake_inputs(self) -> list[torch.Tensor]:
         """The placeholders' fake tensors: symbolic sizes, used to compile one graph for all shapes."""
         return [n.meta["val"] for n in self.graph_module.graph.find_nodes(op="placeholder")]

@@ -40,7 +40,19 @@ def fxopt_config(**compile_kwargs):
         import fxopt
         compiled = fxopt.compile(model, inputs, **compile_kwargs)
         return compiled, compiled.report.pipeline.table()
+    build.predicts = True
     return build
+
+
+def predicted_speedup(compiled, batch: int, seq: int) -> float:
+    """The cost model's roofline prediction: the captured graph run op by op (eager) vs the optimized graph
+    with Inductor's pointwise fusion modeled."""
+    from fxopt.cost import estimate, predict_seconds
+
+    report = compiled.report
+    eager = predict_seconds(report.cost_captured, batch=batch, seq=seq)
+    optimized = predict_seconds(estimate(compiled.graph_module, fused=True), batch=batch, seq=seq)
+    return eager / optimized
 
 
 #: configuration name → builder(model, example inputs) -> (callable, extra text)
@@ -61,6 +73,7 @@ class Measurement:
     compile_s: float
     accuracy: dict
     extra: str = ""
+    predicted: float | None = None  # the cost model's predicted speed vs eager (fxopt configurations)
 
     @property
     def speedup(self) -> float:
@@ -122,9 +135,10 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3,
             t2 = time.perf_counter()
             eager_t.append(t1 - t0)
             cand_t.append(t2 - t1)
+    predicted = predicted_speedup(candidate, batch, seq) if getattr(build, "predicts", False) else None
     return Measurement(model_name, config, f"{batch}×{seq}", statistics.median(eager_t) * 1e3,
                        statistics.median(cand_t) * 1e3, compile_s, accuracy(model_name, reference, output, inputs),
-                       extra)
+                       extra, predicted)
 
 
 def run_isolated(model_name: str, config: str, reps: int) -> Measurement:
@@ -140,9 +154,15 @@ def run_isolated(model_name: str, config: str, reps: int) -> Measurement:
 
 def table(results: list[Measurement]) -> str:
     rows = [[m.model, m.shape, m.config, f"{m.eager_ms:.1f}", f"{m.candidate_ms:.1f}", f"{m.speedup:.2f}×",
-             f"{m.compile_s:.1f}", format_accuracy(m.accuracy)] for m in results]
+             _prediction(m), f"{m.compile_s:.1f}", format_accuracy(m.accuracy)] for m in results]
     return tabulate(rows, headers=["model", "batch×seq", "configuration", "eager ms", "ms", "speed vs eager",
-                                   "compile s", "accuracy vs eager"], tablefmt="github")
+                                   "predicted (error)", "compile s", "accuracy vs eager"], tablefmt="github")
+
+
+def _prediction(m: Measurement) -> str:
+    if m.predicted is None:
+        return "-"
+    return f"{m.predicted:.2f}× ({(m.predicted - m.speedup) / m.speedup * 100:+.0f}%)"
 
 
 def write_markdown(path: str, results: list[Measurement], command: str) -> None:

@@ -2,6 +2,7 @@
 
     fxopt optimize minilm          compile a bundled model, print a before/after table
     fxopt bench                    eager vs torch.compile vs fxopt on the real models
+    fxopt dump minilm --format table   the graph, per node, after the pipeline (see fxopt dump -h)
     fxopt passes                   list the passes fxopt knows (its own and installed plugins)
 """
 from __future__ import annotations
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="eager vs torch.compile vs fxopt, side by side", add_help=False)
     bench.set_defaults(run=None)
 
+    dump = sub.add_parser("dump", help="show a graph before/during/after the pipeline (fxopt dump -h)",
+                          add_help=False)
+    dump.set_defaults(run=None)
+
     lst = sub.add_parser("passes", help="list the available passes")
     lst.set_defaults(run=_passes)
 
@@ -74,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         from fxopt.tools.bench import main as bench_main
         return bench_main(argv[1:])
+    if argv[:1] == ["dump"]:
+        from fxopt.tools.dump_graph import main as dump_main
+        return dump_main(argv[1:])
     args = parser.parse_args(argv)
     if getattr(args, "reps", 1) < 1:
         parser.error("--reps must be at least 1")

@@ -1,0 +1,162 @@
+"""``estimate(gm)``: FLOPs and bytes of every node, and their totals, as sympy formulas.
+
+Bytes: a view moves nothing; every other op reads its tensor inputs and writes its outputs (the
+eager model, one kernel per op). ``fused=True`` models Inductor instead: pointwise/normalization ops
+between GEMMs fuse, so a value produced and consumed only by such ops never touches memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import sympy
+import torch
+import torch.fx
+from tabulate import tabulate
+
+from fxopt.cost.rules import OpCost, op_name, rule
+from fxopt.ir.meta import dim_symbol, size_expr, symbol_map
+
+ZERO = sympy.Integer(0)
+
+
+@dataclass
+class NodeCost:
+    name: str
+    op: str
+    matmul_flops: sympy.Expr
+    other_flops: sympy.Expr
+    bytes_read: sympy.Expr
+    bytes_written: sympy.Expr
+    dtype: str
+    is_view: bool = False
+
+    @property
+    def flops(self) -> sympy.Expr:
+        return self.matmul_flops + self.other_flops
+
+    @property
+    def bytes(self) -> sympy.Expr:
+        return self.bytes_read + self.bytes_written
+
+
+@dataclass
+class CostReport:
+    """Costs of one graph. Totals are sympy expressions over the named dimensions (``batch``, ``seq``)."""
+
+    nodes: list[NodeCost]
+    unknown_ops: dict[str, int] = field(default_factory=dict)
+    graph: nx.DiGraph | None = None
+
+    @property
+    def matmul_flops(self) -> sympy.Expr:
+        return sympy.expand(sum((n.matmul_flops for n in self.nodes), ZERO))
+
+    @property
+    def flops(self) -> sympy.Expr:
+        return sympy.expand(sum((n.flops for n in self.nodes), ZERO))
+
+    @property
+    def bytes(self) -> sympy.Expr:
+        return sympy.expand(sum((n.bytes for n in self.nodes), ZERO))
+
+    @property
+    def symbols(self) -> list[sympy.Symbol]:
+        return sorted(self.flops.free_symbols | self.bytes.free_symbols, key=str)
+
+    def at(self, **dims: int) -> dict[str, float]:
+        """Evaluate the totals at concrete sizes, e.g. ``at(batch=8, seq=128)``."""
+        subs = {dim_symbol(k): v for k, v in dims.items()}
+        missing = [str(s) for s in self.symbols if s not in subs]
+        if missing:
+            raise ValueError(f"give a size for {', '.join(missing)} (the formulas depend on them)")
+        return {"flops": float(self.flops.subs(subs)), "matmul_flops": float(self.matmul_flops.subs(subs)),
+                "bytes": float(self.bytes.subs(subs))}
+
+    def by_op(self, **dims: int) -> list[tuple[str, int, float, float]]:
+        """(op, count, GFLOP, MB) per op type at the given sizes, largest FLOPs first."""
+        subs = {dim_symbol(k): v for k, v in dims.items()}
+        rows: dict[str, list] = {}
+        for n in self.nodes:
+            row = rows.setdefault(n.op, [0, 0.0, 0.0])
+            row[0] += 1
+            row[1] += float(n.flops.subs(subs)) / 1e9
+            row[2] += float(n.bytes.subs(subs)) / 1e6
+        return sorted(((k, *v) for k, v in rows.items()), key=lambda r: (-r[2], -r[3]))
+
+    def table(self, **dims: int) -> str:
+        return tabulate(self.by_op(**dims), headers=["op", "nodes", "GFLOP", "MB moved"], floatfmt=".3f")
+
+    def critical_path(self, weights: dict[str, float]) -> list[str]:
+        """The longest chain of dependent nodes when each node takes ``weights[name]`` seconds."""
+        g = self.graph.copy()
+        for u, v in g.edges:
+            g.edges[u, v]["w"] = weights.get(v, 0.0)
+        return nx.dag_longest_path(g, weight="w")
+
+
+def _tensor_vals(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
+
+
+def _bytes(val: torch.Tensor, symbols) -> sympy.Expr:
+    n = sympy.Integer(1)
+    for s in val.shape:
+        n *= size_expr(s, symbols)
+    return n * val.element_size()
+
+
+FUSIBLE = {"add", "sub", "mul", "div", "neg", "rsqrt", "pow", "exp", "tanh", "sigmoid", "relu", "gelu", "silu",
+           "where", "masked_fill", "layer_norm", "rms_norm", "_softmax", "softmax", "mean", "sum", "to",
+           "_to_copy", "clamp", "erf", "sqrt", "reciprocal", "maximum", "minimum", "abs"}
+
+
+def estimate(gm: torch.fx.GraphModule, *, fused: bool = False) -> CostReport:
+    """Cost of every ``call_function`` node of ``gm`` (see the module docstring)."""
+    symbols = symbol_map(gm)
+    nodes: list[NodeCost] = []
+    unknown: dict[str, int] = {}
+    graph = nx.DiGraph()
+    view_of: dict[torch.fx.Node, bool] = {}
+    for node in gm.graph.nodes:
+        graph.add_node(node.name)
+        for inp in node.all_input_nodes:
+            graph.add_edge(inp.name, node.name)
+        if node.op != "call_function":
+            continue
+        outs = _tensor_vals(node.meta.get("val"))
+        ins = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        for a in node.args:
+            if isinstance(a, (list, tuple)):
+                ins.extend(x for x in a if isinstance(x, torch.fx.Node))
+        in_vals = [v for a in ins for v in _tensor_vals(a.meta.get("val"))]
+        in_shapes = [tuple(size_expr(s, symbols) for s in v.shape) for v in in_vals]
+        out_shapes = [tuple(size_expr(s, symbols) for s in v.shape) for v in outs]
+        cost: OpCost | None = rule(node.target, in_shapes, out_shapes, node.args)
+        name = op_name(node.target)
+        if cost is None:
+            unknown[name] = unknown.get(name, 0) + 1
+            cost = OpCost()
+        view_of[node] = cost.is_view
+        if cost.is_view or not outs:
+            read = written = ZERO
+        else:
+            read = sum((_bytes(v, symbols) for a in ins for v in _tensor_vals(a.meta.get("val"))
+                        if not (fused and _fused_input(a, name))), ZERO)
+            written = ZERO if fused and _fused_output(node, name) else sum((_bytes(v, symbols) for v in outs), ZERO)
+        dtype = str(outs[0].dtype).replace("torch.", "") if outs else ""
+        nodes.append(NodeCost(node.name, name, cost.matmul, cost.elementwise, read, written, dtype, cost.is_view))
+    return CostReport(nodes, unknown, graph)
+
+
+def _fused_input(producer: torch.fx.Node, consumer_op: str) -> bool:
+    """Inside a fused pointwise region, a value made by a fusible op is read from registers."""
+    return consumer_op in FUSIBLE and producer.op == "call_function" and op_name(producer.target) in FUSIBLE
+
+
+def _fused_output(node: torch.fx.Node, name: str) -> bool:
+    return name in FUSIBLE and all(u.op == "call_function" and op_name(u.target) in FUSIBLE for u in node.users)

@@ -1,0 +1,111 @@
+"""The cost model: exact formulas on hand-checkable graphs, agreement with FlopCounterMode on the real
+models, per-pass savings in the compile report, the roofline and its cache."""
+import json
+
+import pytest
+import sympy
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+import fxopt
+from fxopt.cost import estimate, machine_peaks, predict_seconds
+from fxopt.cost.roofline import MachinePeaks, cache_path
+from fxopt.ir import capture
+from fxopt.ir.meta import dim_symbol
+
+B, S = dim_symbol("batch"), dim_symbol("seq")
+aten = torch.ops.aten
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 16)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+def test_exact_formulas_for_linear_relu():
+    report = estimate(capture(Tiny(), (torch.randn(4, 8),)).graph_module)
+    assert report.unknown_ops == {}
+    linear, relu = report.nodes
+    assert sympy.simplify(linear.matmul_flops - 2 * B * 8 * 16) == 0
+    assert sympy.simplify(linear.other_flops - 16 * B) == 0  # the bias add
+    assert sympy.simplify(relu.flops - 16 * B) == 0
+    assert sympy.simplify(linear.bytes_read - (B * 8 * 4 + 16 * 8 * 4 + 16 * 4)) == 0
+    assert sympy.simplify(linear.bytes_written - B * 16 * 4) == 0
+    assert sympy.simplify(report.flops - (256 * B + 16 * B + 16 * B)) == 0
+    assert report.at(batch=3) == {"flops": 864.0, "matmul_flops": 768.0,
+                                  "bytes": float(3 * 32 + 512 + 64 + 3 * 64 + 3 * 64 + 3 * 64)}
+    with pytest.raises(ValueError, match="give a size for batch"):
+        report.at(seq=3)
+
+
+def test_attention_formula():
+    class Attn(torch.nn.Module):
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
+    report = estimate(capture(Attn(), (q, k, v)).graph_module)
+    (node,) = report.nodes
+    assert sympy.simplify(node.matmul_flops - 2 * (2 * B * 4 * 6 * 6 * 8)) == 0
+
+
+def test_unknown_ops_are_reported_by_name():
+    class Weird(torch.nn.Module):
+        def forward(self, x):
+            return torch.special.bessel_j0(x)
+
+    report = estimate(capture(Weird(), (torch.randn(3, 3),)).graph_module)
+    assert report.unknown_ops == {"special_bessel_j0": 1}
+
+
+def _flop_counter_total(model, inputs):
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu:
+               lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v)}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model(**inputs)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name, shapes", [("minilm", [(1, 16), (4, 57), (8, 128)]),
+                                          ("smollm2", [(1, 32), (2, 77), (1, 256)])])
+def test_matmul_flops_agree_with_flop_counter_mode(name, shapes, request):
+    real = request.getfixturevalue(name)
+    report = estimate(capture(real.model, (), real.inputs(2, 16)).graph_module)
+    assert report.unknown_ops == {}
+    for batch, seq in shapes:
+        ours = report.at(batch=batch, seq=seq)["matmul_flops"]
+        theirs = _flop_counter_total(real.model, real.inputs(batch, seq))
+        assert abs(ours - theirs) / theirs < 0.01, (batch, seq, ours, theirs)
+
+
+def test_minilm_flops_are_a_polynomial_in_batch_and_seq(minilm_compiled):
+    flops = minilm_compiled.report.flops_optimized
+    poly = sympy.Poly(flops, B, S)
+    assert poly.degree(S) == 2 and poly.degree(B) == 1  # attention is quadratic in seq
+    assert "FLOPs (formula)" in str(minilm_compiled.report)
+
+
+def test_compile_report_records_savings_per_pass(minilm_compiled):
+    record = minilm_compiled.report.pipeline.record("fuse-sibling-linears")
+    assert record.extra["mb_delta"] < 0  # q/k/v read their input once instead of three times
+    assert record.extra["gflop_delta"] == pytest.approx(0.0, abs=1e-6)  # fusion moves no FLOPs
+    cse = minilm_compiled.report.pipeline.record("eliminate-common-subexpressions")
+    assert sympy.simplify(cse.extra["flops_delta"]) != 0 or cse.extra["mb_delta"] <= 0
+    assert "Δ GFLOP" in minilm_compiled.report.pipeline.table()
+
+
+def test_roofline_cache_and_prediction(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    peaks = machine_peaks()
+    assert cache_path().exists() and peaks.fp32_flops > 1e9 and peaks.bandwidth > 1e9
+    cache_path().write_text(json.dumps({"fp32_flops": 1e9, "bf16_flops": 2e9, "int8_ops": 4e9, "bandwidth": 1e9}))
+    assert machine_peaks().fp32_flops == 1e9  # read from the cache
+    cache_path().write_text("{corrupt")
+    assert machine_peaks().fp32_flops > 1e9  # a corrupt cache is measured again
+    report = estimate(capture(Tiny(), (torch.randn(4, 8),)).graph_module)
+    fake = MachinePeaks(fp32_flops=1e9, bf16_flops=1e9, int8_ops=1e9, bandwidth=1e12)
+    assert predict_seconds(report, fake, batch=1000) == pytest.approx((256 + 16 + 16) * 1000 / 1e9)
