@@ -109,3 +109,20 @@ def test_roofline_cache_and_prediction(tmp_path, monkeypatch):
     report = estimate(capture(Tiny(), (torch.randn(4, 8),)).graph_module)
     fake = MachinePeaks(fp32_flops=1e9, bf16_flops=1e9, int8_ops=1e9, bandwidth=1e12)
     assert predict_seconds(report, fake, batch=1000) == pytest.approx((256 + 16 + 16) * 1000 / 1e9)
+
+
+def test_critical_path_follows_the_heaviest_chain():
+    class TwoBranches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.big = torch.nn.Linear(64, 64)
+            self.small = torch.nn.Linear(64, 64)
+
+        def forward(self, x):
+            return self.big(x) + torch.relu(self.small(x))
+
+    report = estimate(capture(TwoBranches(), (torch.randn(2, 64),)).graph_module)
+    path = report.critical_path({"linear": 10.0, "linear_1": 1.0, "relu": 1.0, "add": 1.0})
+    assert path[-2:] == ["linear", "add"] and "relu" not in path
+    heavy_small = report.critical_path({"linear": 1.0, "linear_1": 10.0, "relu": 1.0, "add": 1.0})
+    assert heavy_small[-3:] == ["linear_1", "relu", "add"]

@@ -125,3 +125,18 @@ def test_html_page_works_in_a_real_browser(tmp_path, capsys):
     dom = proc.stdout
     assert 'id="count">61 of ' in dom  # the script ran: the search found SmolLM2's 61 fused RMSNorms
     assert dom.count('class="node hit"') == 61
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed (apt-get install graphviz)")
+def test_svg_through_graphviz(capsys):
+    code, out, _ = dump(capsys, "--format", "svg")
+    assert code == 0 and out.lstrip().startswith("<?xml") and "<svg" in out and "aten.linear" in out
+
+
+def test_python_dash_m_tools_dump_graph_from_the_repository():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "tools.dump_graph", "--help"], cwd=root, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "--each-pass" in proc.stdout

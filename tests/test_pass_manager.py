@@ -163,3 +163,20 @@ def test_compile_names_the_broken_pass():
     compiled = fxopt.compile(Block().eval(), torch.randn(4, 16), passes=["eliminate-dead-nodes", relu_to_gelu],
                              backend="eager", on_numeric_failure="skip")
     assert compiled.report.pipeline.record("relu-to-gelu").reverted
+
+
+def test_third_party_passes_are_found_through_entry_points(monkeypatch):
+    from importlib import metadata
+
+    import fxopt.registry as registry
+
+    plugin = metadata.EntryPoint(name="scale", value="test_pass_manager:scale", group=registry.ENTRY_POINT_GROUP)
+    broken = metadata.EntryPoint(name="broken", value="test_pass_manager:ScaleOptions",
+                                 group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [plugin])
+    assert registry.get_pass("scale") is scale
+    assert [p.name for p, _ in build_pipeline("eliminate-dead-nodes,scale{factor=3}")] == [
+        "eliminate-dead-nodes", "scale"]
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [broken])
+    with pytest.raises(fxopt.PipelineSpecError, match="'broken' .* is not a GraphPass"):
+        registry.available_passes()

@@ -166,7 +166,10 @@ def _prediction(m: Measurement) -> str:
 
 
 def write_markdown(path: str, results: list[Measurement], command: str) -> None:
-    machine = f"{os.cpu_count()} cores, torch {torch.__version__}"
+    from fxopt.cost.roofline import cpu_model, machine_peaks
+
+    machine = (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}; peaks measured by "
+               f"fxopt.cost.machine_peaks(): {machine_peaks().describe()}")
     passes = "\n\n".join(f"Per-pass table, fxopt on {m.model}:\n\n```\n{m.extra}\n```" for m in results if m.extra)
     text = (f"# Benchmarks\n\nMeasured {datetime.date.today().isoformat()} on this project's CPU machine "
             f"({machine}). Medians of interleaved runs; each configuration in its own process, with eager "

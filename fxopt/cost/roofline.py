@@ -33,7 +33,7 @@ class MachinePeaks:
                 f"int8 {self.int8_ops / 1e9:.0f} GOP/s, memory {self.bandwidth / 1e9:.1f} GB/s")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -44,7 +44,7 @@ def _cpu_model() -> str:
 
 
 def cache_path() -> Path:
-    key = f"{_cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
+    key = f"{cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fxopt"
     return root / f"machine-{digest}.json"
