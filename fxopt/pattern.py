@@ -10,8 +10,8 @@
                                  example_inputs=(torch.randn(2, 5, 8), torch.randn(8)))
 
 The pattern is traced with ``torch.export`` to the same ATen level as captured models and cleaned by
-``eliminate-dead-nodes`` (the graph it runs on is too), so it survives no-op casts and views in modeling
-code. Tensor parameters match any value; parameters with a number default (``eps=1e-6``) match any
+``eliminate-dead-nodes`` and ``canonicalize`` (the graph it runs on is too), so it survives no-op casts
+and views, and the several spellings of a transpose or softmax dim, in modeling code. Tensor parameters match any value; parameters with a number default (``eps=1e-6``) match any
 literal in that position and are handed to the replacement with the value found; every other literal must
 be equal. The replacement is called on proxies of the matched values (``.shape``/``.dtype``/``.dim()``
 read the match's metadata) and should call ``torch.ops.aten`` ops. ``where(match) -> bool | str`` can reject
@@ -85,8 +85,14 @@ class PatternRule:
         if len(self._tensor_params) != len(self.example_inputs):
             raise PatternError(f"pattern {self.name!r} takes tensors {self._tensor_params} but "
                                f"{len(self.example_inputs)} example inputs were given")
-        self._check_numerics()
-        self._graph = self._trace()
+        self._check_numerics()  # cheap: runs both functions on the small example inputs
+
+    @property
+    def graph(self) -> torch.fx.Graph:
+        """The traced pattern (traced on first use, so that defining passes costs no export at import)."""
+        if self._graph is None:
+            self._graph = self._trace()
+        return self._graph
 
     def _check_numerics(self) -> None:
         with torch.no_grad():
@@ -98,6 +104,7 @@ class PatternRule:
                                "on the example inputs")
 
     def _trace(self) -> torch.fx.Graph:
+        from fxopt.passes.canonicalize import canonicalize
         from fxopt.passes.eliminate_dead_nodes import eliminate_dead_nodes
 
         pattern, scalars, names = self.pattern, self._scalar_params, self._tensor_params
@@ -114,6 +121,7 @@ class PatternRule:
         for node in list(gm.graph.find_nodes(op="call_module")):
             gm.graph.erase_node(node)
         eliminate_dead_nodes(gm)
+        canonicalize(gm)
         graph = gm.graph
         for node, name in zip(graph.find_nodes(op="placeholder"), names):
             node.name = node.target = name
@@ -124,7 +132,7 @@ class PatternRule:
     def literal_slots(self) -> dict[tuple[str, int], str]:
         """(pattern node name, arg index) → scalar parameter name, for literals equal to a scalar default."""
         slots = {}
-        for node in self._graph.nodes:
+        for node in self.graph.nodes:
             for i, a in enumerate(node.args):
                 for name, default in self._scalar_params.items():
                     if not isinstance(a, (torch.fx.Node, bool)) and isinstance(a, (int, float)) and a == default:
@@ -135,7 +143,7 @@ class PatternRule:
 def pattern_pass(name: str, pattern: Callable | None = None, replacement: Callable | None = None, *,
                  example_inputs: Sequence[torch.Tensor] = (), where=None, priority: int = 0,
                  rules: Sequence[PatternRule] = (), level: int = 1,
-                 after: tuple[str, ...] = ("eliminate-dead-nodes",), before: tuple[str, ...] = ()) -> GraphPass:
+                 after: tuple[str, ...] = ("eliminate-dead-nodes", "canonicalize"), before: tuple[str, ...] = ()) -> GraphPass:
     """A pass that applies one pattern (``pattern``/``replacement``) or several ``rules`` (highest
     ``priority`` first) everywhere in the graph. Stats: matches replaced per rule; diagnostics: why
     near-matches were rejected."""
@@ -159,7 +167,7 @@ def pattern_pass(name: str, pattern: Callable | None = None, replacement: Callab
 
 def _apply(rule: PatternRule, gm: torch.fx.GraphModule, rw: Rewriter, ctx: PassContext) -> None:
     """Replace matches until none is left (a replacement can be the input of the next match)."""
-    matcher = _Matcher(rule._graph, match_output=False, match_placeholder=False,
+    matcher = _Matcher(rule.graph, match_output=False, match_placeholder=False,
                        remove_overlapping_matches=True, ignore_literals=False)
     slots = rule.literal_slots()
     rejected: set[torch.fx.Node] = set()
@@ -214,7 +222,7 @@ class _Matcher(SubgraphMatcher):
 
 def _bind_literals(rule, nodes_map, slots, symbols):
     scalars: dict[str, Any] = {}
-    for pnode in rule._graph.nodes:
+    for pnode in rule.graph.nodes:
         if pnode.op != "call_function":
             continue
         gnode = nodes_map[pnode.name]

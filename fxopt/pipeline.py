@@ -18,9 +18,11 @@ from fxopt.registry import get_pass
 # The default pipeline, in the order it runs. Each step names a pass of the library in passes/.
 DEFAULT_PIPELINE: tuple[str, ...] = (
     "eliminate-dead-nodes",            # dropout, export's assertions, no-op views/casts, unused nodes
+    "canonicalize",                    # one spelling per op (transpose/softmax dims), so patterns match
     "eliminate-common-subexpressions",  # compute each pure expression once
     "fold-constants",                  # precompute what depends only on weights and literals
     "fuse-rms-norm",                   # decomposed RMSNorm → aten.rms_norm
+    "fuse-attention",                  # softmax(QKᵀ·scale + mask)·V → scaled_dot_product_attention
     "fuse-sibling-linears",            # q/k/v and gate/up projections → one linear + split
 )
 

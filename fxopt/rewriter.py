@@ -61,6 +61,14 @@ class Rewriter:
         self.graph.erase_node(node)
         self.edits += 1
 
+    def update(self, node: torch.fx.Node, *, args: tuple | None = None, kwargs: dict | None = None) -> None:
+        """Change a node's arguments in place (same target), recorded as an edit."""
+        if args is not None:
+            node.args = tuple(args)
+        if kwargs is not None:
+            node.kwargs = dict(kwargs)
+        self.edits += 1
+
     def erase(self, node: torch.fx.Node) -> None:
         if node.users:
             raise ValueError(f"cannot erase a node that is still used: {format_node(node)}")

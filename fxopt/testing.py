@@ -23,6 +23,10 @@ from fxopt.pass_manager import relative_error
 from fxopt.registry import get_pass
 
 
+#: The passes that bring a captured graph to the form every other pass (and pattern) expects.
+CANONICAL_FORM = ("eliminate-dead-nodes", "canonicalize")
+
+
 class FileCheckError(AssertionError):
     """A CHECK line did not hold; the message shows the line and where the search was."""
 
@@ -58,14 +62,16 @@ def check_pass(pass_or_name: GraphPass | str, fn_or_model: Callable | torch.nn.M
     """Capture ``fn_or_model`` on ``inputs``, verify, run the pass, verify again and check the outputs
     against eager within ``rtol``. Returns the printed graph before/after, the stats and the error.
 
-    ``canonicalize`` first runs ``eliminate-dead-nodes`` (as the default pipeline does before any other
-    pass), so patterns see graphs without no-op casts, views and dropout."""
+    ``canonicalize`` first runs the passes of :data:`CANONICAL_FORM` (as the default pipeline does before
+    any other pass), so patterns see graphs without no-op casts, views and dropout, with one spelling per op."""
     p = get_pass(pass_or_name) if isinstance(pass_or_name, str) else pass_or_name
     model = _as_module(fn_or_model)
     captured = capture(model, inputs, kwargs, dynamic=dynamic)
     gm = captured.graph_module
-    if canonicalize and p.name != "eliminate-dead-nodes":
-        get_pass("eliminate-dead-nodes")(gm)
+    if canonicalize:
+        for name in CANONICAL_FORM:
+            if p.name != name:
+                get_pass(name)(gm)
     verify(gm, context="before the pass")
     before = format_graph(gm)
     ctx = PassContext(example_inputs=captured.example_inputs,
@@ -73,8 +79,12 @@ def check_pass(pass_or_name: GraphPass | str, fn_or_model: Callable | torch.nn.M
     result = p(gm, ctx)
     verify(gm, context=f"after pass {p.name!r}")
     after = format_graph(gm)
+    # Eager runs on exactly the inputs the graph sees (capture may widen a batch of 1 to 2 for tracing).
+    tensors = iter(captured.example_inputs)
+    leaves = [next(tensors) if slot.is_tensor else slot.value for slot in captured.slots]
+    _, named = torch.utils._pytree.tree_unflatten(leaves, captured.in_spec)
     with torch.no_grad():
-        expected = model(*inputs, **kwargs)
+        expected = model(**named)
         actual = gm(*captured.example_inputs)
     expected_flat = [t for t in torch.utils._pytree.tree_leaves(expected) if isinstance(t, torch.Tensor)]
     errors = [relative_error(a, e) for a, e in zip(actual, expected_flat)]

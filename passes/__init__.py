@@ -4,18 +4,22 @@
 ones it runs, in order.
 """
 from fxopt.passes.eliminate_dead_nodes import eliminate_dead_nodes
+from fxopt.passes.canonicalize import canonicalize
 from fxopt.passes.eliminate_common_subexpressions import eliminate_common_subexpressions
 from fxopt.passes.fold_constants import fold_constants
+from fxopt.passes.fuse_attention import fuse_attention
 from fxopt.passes.fuse_rms_norm import fuse_rms_norm
 from fxopt.passes.fuse_sibling_linears import fuse_sibling_linears
 
 BUILTIN_PASSES = (
     eliminate_dead_nodes,
+    canonicalize,
     eliminate_common_subexpressions,
     fold_constants,
     fuse_rms_norm,
+    fuse_attention,
     fuse_sibling_linears,
 )
 
-__all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "eliminate_common_subexpressions", "fold_constants",
-           "fuse_rms_norm", "fuse_sibling_linears"]
+__all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "canonicalize", "eliminate_common_subexpressions",
+           "fold_constants", "fuse_rms_norm", "fuse_attention", "fuse_sibling_linears"]
