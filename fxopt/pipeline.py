@@ -24,6 +24,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "fuse-rms-norm",                   # decomposed RMSNorm → aten.rms_norm
     "fuse-attention",                  # softmax(QKᵀ·scale + mask)·V → scaled_dot_product_attention
     "fuse-sibling-linears",            # q/k/v and gate/up projections → one linear + split
+    "select-gemm-backend",             # each linear on the GEMM library measured fastest here (oneDNN/MKL)
 )
 
 _ENTRY = re.compile(r"\s*([A-Za-z0-9_.\-]+)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")

@@ -10,6 +10,7 @@ from fxopt.passes.fold_constants import fold_constants
 from fxopt.passes.fuse_attention import fuse_attention
 from fxopt.passes.fuse_rms_norm import fuse_rms_norm
 from fxopt.passes.fuse_sibling_linears import fuse_sibling_linears
+from fxopt.passes.select_gemm_backend import select_gemm_backend
 
 BUILTIN_PASSES = (
     eliminate_dead_nodes,
@@ -19,7 +20,8 @@ BUILTIN_PASSES = (
     fuse_rms_norm,
     fuse_attention,
     fuse_sibling_linears,
+    select_gemm_backend,
 )
 
 __all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "canonicalize", "eliminate_common_subexpressions",
-           "fold_constants", "fuse_rms_norm", "fuse_attention", "fuse_sibling_linears"]
+           "fold_constants", "fuse_rms_norm", "fuse_attention", "fuse_sibling_linears", "select_gemm_backend"]

@@ -145,8 +145,8 @@ def estimate(gm: torch.fx.GraphModule, *, fused: bool = False) -> CostReport:
         if cost.is_view or not outs:
             read = written = ZERO
         else:
-            read = sum((_bytes(v, symbols) for a in ins for v in _tensor_vals(a.meta.get("val"))
-                        if not (fused and _fused_input(a, name))), ZERO)
+            read = sum((_bytes(v, symbols) for i, a in enumerate(ins) for v in _tensor_vals(a.meta.get("val"))
+                        if i not in cost.unread_inputs and not (fused and _fused_input(a, name))), ZERO)
             written = ZERO if fused and _fused_output(node, name) else sum((_bytes(v, symbols) for v in outs), ZERO)
         dtype = str(outs[0].dtype).replace("torch.", "") if outs else ""
         nodes.append(NodeCost(node.name, name, cost.matmul, cost.elementwise, read, written, dtype, cost.is_view))

@@ -22,6 +22,7 @@ class OpCost:
     matmul: sympy.Expr = sympy.Integer(0)
     elementwise: sympy.Expr = sympy.Integer(0)
     is_view: bool = False  # no data moves (views, shape queries)
+    unread_inputs: tuple[int, ...] = ()  # tensor inputs the kernel does not read (passed for metadata only)
 
 
 def numel(shape) -> sympy.Expr:
@@ -75,6 +76,11 @@ def rule(target, in_shapes: list, out_shapes: list, args: tuple) -> OpCost | Non
         mm = 2 * m * x[-1] * w[0]
         bias = m * w[0] if len(in_shapes) > 2 and in_shapes[2] is not None else ZERO
         return OpCost(matmul=mm, elementwise=bias)
+    if name == "_mkl_linear":  # (x, packed weight, original weight, bias, rows)
+        x, w = in_shapes[0], in_shapes[2]
+        m = numel(x[:-1])
+        bias = m * w[0] if len(in_shapes) > 3 else ZERO
+        return OpCost(matmul=2 * m * x[-1] * w[0], elementwise=bias, unread_inputs=(2,))
     if name in ("mm", "_int_mm"):
         a, b = in_shapes[0], in_shapes[1]
         return OpCost(matmul=2 * a[0] * a[1] * b[1])

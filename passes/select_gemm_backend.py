@@ -1,0 +1,80 @@
+"""select-gemm-backend: run each linear on the GEMM library that is fastest for its shape on this machine.
+
+Times oneDNN and MKL packed GEMMs for every distinct (rows at the example shape, in, out) of the graph's
+linears (cached per machine, see :mod:`fxopt.gemm_backends`) and moves a linear to MKL when MKL is faster by
+more than ``margin``. Linears left on oneDNN stay ``aten.linear``, which Inductor (with freezing) packs
+for oneDNN and fuses with a following activation or residual add. The choice per shape is listed in the
+compile report.
+
+Before::
+
+    %lm_head = aten.linear(%rms_norm_60, %lm_head.weight) : f32[batch, seq, 49152]
+
+After::
+
+    %_fxopt_linear_210_mkl_packed = const : f32[...]
+    %_mkl_linear_default = mkl._mkl_linear(%rms_norm_60, %_fxopt_linear_210_mkl_packed, %lm_head.weight, None, 256) : f32[batch, seq, 49152]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fxopt import gemm_backends
+from fxopt.graph_pass import PassContext, PassResult, graph_pass
+from fxopt.rewriter import Rewriter
+
+aten = torch.ops.aten
+
+
+@dataclass
+class GemmOptions:
+    margin: float = 0.03  # MKL must be this much faster (it cannot fuse an epilogue, oneDNN can)
+    reps: int = 15
+    refresh: bool = False  # measure again instead of reading the cache
+
+
+def _rows_at_example(node) -> int:
+    val = node.args[0].meta["val"]
+    rows = 1
+    for s in val.shape[:-1]:
+        rows *= s.node.hint if isinstance(s, torch.SymInt) else int(s)
+    return int(rows)
+
+
+@graph_pass("select-gemm-backend", options=GemmOptions,
+            after=("fuse-sibling-linears", "fold-constants"))
+def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Move each linear to the GEMM library (oneDNN or MKL) measured fastest for its shape here."""
+    opts: GemmOptions = ctx.options
+    rw = Rewriter(gm)
+    if not gemm_backends.available():
+        ctx.note("MKL or oneDNN is not available in this torch build: linears left as they are")
+        return rw.result()
+    timings = gemm_backends.GemmTimings(refresh=opts.refresh, reps=opts.reps)
+    chosen: dict[tuple, tuple[str, dict]] = {}
+    for node in list(gm.graph.find_nodes(op="call_function", target=aten.linear.default)):
+        weight = rw.constant(node.args[1])
+        bias_node = node.args[2] if len(node.args) > 2 else None
+        if weight is None or weight.dtype != torch.float32 or weight.dim() != 2 or node.kwargs:
+            continue
+        if bias_node is not None and rw.constant(bias_node) is None:
+            continue
+        rows = _rows_at_example(node)
+        n, k = weight.shape
+        times = timings.get(rows, k, n, bias_node is not None)
+        backend = "mkl" if times["mkl"] < times["onednn"] * (1 - opts.margin) else "onednn"
+        chosen[(rows, k, n)] = (backend, times)
+        rw.count(backend)
+        if backend == "onednn":
+            continue
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
+        packed_node = rw.add_constant(f"{node.name}_mkl_packed", packed, before=node)
+        new = rw.call(torch.ops.mkl._mkl_linear.default, (node.args[0], packed_node, node.args[1], bias_node, rows),
+                      before=node)
+        rw.replace(node, new)
+    timings.save()
+    for (rows, k, n), (backend, t) in sorted(chosen.items()):
+        ctx.note(f"linear {rows}×{k}→{n}: onednn {t['onednn']:.3f} ms, mkl {t['mkl']:.3f} ms → {backend}")
+    return rw.result()

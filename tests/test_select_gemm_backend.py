@@ -1,0 +1,64 @@
+"""select-gemm-backend: measured choice per shape, cached per machine, exact numerics, shown in reports."""
+import json
+
+import pytest
+import torch
+
+import fxopt
+from fxopt import gemm_backends
+from fxopt.passes.select_gemm_backend import GemmOptions
+from fxopt.testing import check_pass, filecheck
+
+pytestmark = pytest.mark.skipif(not gemm_backends.available(), reason="this torch build lacks MKL or oneDNN")
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(32, 64)
+        self.down = torch.nn.Linear(64, 32, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+
+def test_forced_mkl_golden_and_exact():
+    result = check_pass("select-gemm-backend", MLP(), torch.randn(5, 32), options=GemmOptions(margin=-10.0, reps=3))
+    assert result.stats == {"mkl": 2}
+    filecheck(result.after, """
+        CHECK: %_mkl_linear_default = mkl._mkl_linear(%x, %_fxopt_linear_mkl_packed, %up.weight, %up.bias, 5) : f32[batch, 64]
+        CHECK: mkl._mkl_linear(%relu, %_fxopt_linear_1_mkl_packed, %down.weight, None, 5) : f32[batch, 32]
+        CHECK-NOT: aten.linear
+    """)
+    assert any("onednn" in d and "mkl" in d for d in result.diagnostics)
+
+
+def test_forced_onednn_leaves_linears_to_inductor():
+    result = check_pass("select-gemm-backend", MLP(), torch.randn(5, 32), options=GemmOptions(margin=10.0, reps=3))
+    assert result.stats == {"onednn": 2} and not result.changed
+
+
+def test_timings_are_cached_per_machine():
+    check_pass("select-gemm-backend", MLP(), torch.randn(5, 32), options=GemmOptions(reps=3))
+    table = json.loads(gemm_backends.cache_path().read_text())
+    assert set(table) == {"5,32,64,1", "5,64,32,0"}
+    assert set(table["5,32,64,1"]) == {"onednn", "mkl"}
+    gemm_backends.cache_path().write_text(json.dumps({"5,32,64,1": {"onednn": 1.0, "mkl": 9.0},
+                                                       "5,64,32,0": {"onednn": 9.0, "mkl": 1.0}}))
+    result = check_pass("select-gemm-backend", MLP(), torch.randn(5, 32))
+    assert result.stats == {"onednn": 1, "mkl": 1}  # decided from the cache, not measured again
+
+
+def test_compiled_with_inductor_at_other_batches():
+    torch.manual_seed(0)
+    model = MLP().eval()
+    compiled = fxopt.compile(model, torch.randn(8, 32), passes="eliminate-dead-nodes,select-gemm-backend{margin=-10,reps=3}")
+    assert compiled.report.pipeline.record("select-gemm-backend").stats == {"mkl": 2}
+    for batch in (1, 3, 40):
+        x = torch.randn(batch, 32)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
