@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -74,6 +75,7 @@ class Measurement:
     accuracy: dict
     extra: str = ""
     predicted: float | None = None  # the cost model's predicted speed vs eager (fxopt configurations)
+    peak_rss_mb: float = 0.0  # the worker's peak resident memory: model, compilation and the first calls
 
     @property
     def speedup(self) -> float:
@@ -136,9 +138,10 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3,
             eager_t.append(t1 - t0)
             cand_t.append(t2 - t1)
     predicted = predicted_speedup(candidate, batch, seq) if getattr(build, "predicts", False) else None
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     return Measurement(model_name, config, f"{batch}×{seq}", statistics.median(eager_t) * 1e3,
                        statistics.median(cand_t) * 1e3, compile_s, accuracy(model_name, reference, output, inputs),
-                       extra, predicted)
+                       extra, predicted, peak_mb)
 
 
 def run_isolated(model_name: str, config: str, reps: int) -> Measurement:
@@ -154,9 +157,11 @@ def run_isolated(model_name: str, config: str, reps: int) -> Measurement:
 
 def table(results: list[Measurement]) -> str:
     rows = [[m.model, m.shape, m.config, f"{m.eager_ms:.1f}", f"{m.candidate_ms:.1f}", f"{m.speedup:.2f}×",
-             _prediction(m), f"{m.compile_s:.1f}", format_accuracy(m.accuracy)] for m in results]
+             _prediction(m), f"{m.compile_s:.1f}", f"{m.peak_rss_mb:.0f}", format_accuracy(m.accuracy)]
+            for m in results]
     return tabulate(rows, headers=["model", "batch×seq", "configuration", "eager ms", "ms", "speed vs eager",
-                                   "predicted (error)", "compile s", "accuracy vs eager"], tablefmt="github")
+                                   "predicted (error)", "compile s", "peak RSS MB", "accuracy vs eager"],
+                    tablefmt="github")
 
 
 def _prediction(m: Measurement) -> str:
