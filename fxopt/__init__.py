@@ -15,7 +15,7 @@ from fxopt.pattern import Match, PatternError, PatternRule, pattern_pass
 from fxopt.pass_manager import Instrument, NumericCheck, PassManager, PrintAfter, Timing, Verify
 from fxopt.pipeline import DEFAULT_PIPELINE, build_pipeline, parse_spec
 from fxopt.api import CompileReport, compile  # noqa: A004 - fxopt.compile is the product's name
-from fxopt import passes  # noqa: E402 - the pass library, after the API it is written with
+from fxopt import passes  # noqa: E402,F401 - the pass library, after the API it is written with
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,7 @@ import torch.fx
 from torch.utils import _pytree as pytree
 
 from fxopt.errors import InputError
-from fxopt.ir.capture import CapturedModel, bind_call, is_hf_model
+from fxopt.ir.capture import CapturedModel, bind_call
 from fxopt.lowering import Lowered
 
 _MISSING = object()
@@ -167,6 +167,3 @@ def _short(value) -> str:
     text = repr(value)
     return text if len(text) < 60 else text[:57] + "..."
 
-
-def is_generative(model: torch.nn.Module) -> bool:
-    return is_hf_model(model) and hasattr(model, "generate") and getattr(model, "can_generate", lambda: False)()

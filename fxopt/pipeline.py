@@ -15,7 +15,8 @@ from fxopt.errors import PipelineSpecError
 from fxopt.graph_pass import GraphPass
 from fxopt.registry import get_pass
 
-# The default pipeline, in the order it runs. Each step names a pass of the library in passes/.
+# The default pipeline, in the order it runs. Each step names a pass of the library in passes/; a pass runs
+# when its level is at most fxopt.compile's opt_level (default 1).
 DEFAULT_PIPELINE: tuple[str, ...] = (
     "eliminate-dead-nodes",            # dropout, export's assertions, no-op views/casts, unused nodes
     "canonicalize",                    # one spelling per op (transpose/softmax dims), so patterns match
@@ -24,7 +25,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "fuse-rms-norm",                   # decomposed RMSNorm → aten.rms_norm
     "fuse-attention",                  # softmax(QKᵀ·scale + mask)·V → scaled_dot_product_attention
     "fuse-sibling-linears",            # q/k/v and gate/up projections → one linear + split
-    "select-gemm-backend",             # each linear on the GEMM library measured fastest here (oneDNN/MKL)
+    "select-gemm-backend",             # level 2: each linear on the GEMM library measured fastest (oneDNN/MKL)
 )
 
 _ENTRY = re.compile(r"\s*([A-Za-z0-9_.\-]+)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")

@@ -6,6 +6,11 @@ more than ``margin``. Linears left on oneDNN stay ``aten.linear``, which Inducto
 for oneDNN and fuses with a following activation or residual add. The choice per shape is listed in the
 compile report.
 
+Level 2 (``opt_level=2``), not on by default: GEMM-level timings do not predict the whole model here. On
+SmolLM2 prefill it moved the gate/up and LM-head GEMMs to MKL (faster alone by 4% and 9%) and the model got
+slower (330 vs 302 ms, same process): MKL GEMMs lose oneDNN's fused epilogues and keep a second copy of
+the weights. Deciding from end-to-end timings is the next step.
+
 Before::
 
     %lm_head = aten.linear(%rms_norm_60, %lm_head.weight) : f32[batch, seq, 49152]
@@ -43,7 +48,7 @@ def _rows_at_example(node) -> int:
     return int(rows)
 
 
-@graph_pass("select-gemm-backend", options=GemmOptions,
+@graph_pass("select-gemm-backend", options=GemmOptions, level=2,
             after=("fuse-sibling-linears", "fold-constants"))
 def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     """Move each linear to the GEMM library (oneDNN or MKL) measured fastest for its shape here."""

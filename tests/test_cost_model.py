@@ -7,7 +7,6 @@ import sympy
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-import fxopt
 from fxopt.cost import estimate, machine_peaks, predict_seconds
 from fxopt.cost.roofline import MachinePeaks, cache_path
 from fxopt.ir import capture

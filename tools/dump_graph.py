@@ -13,7 +13,6 @@ the FLOPs delta), ``html`` (one self-contained page: search, zoom, pan; works of
 from __future__ import annotations
 
 import argparse
-import html
 import importlib
 import json
 import re
@@ -288,7 +287,6 @@ def view_html(g: nx.DiGraph, title: str) -> str:
 
 
 def run(args) -> str:
-    import fxopt
     from fxopt.pipeline import build_pipeline
     from fxopt.ir.capture import capture
     from fxopt.pass_manager import PassManager, Instrument
@@ -346,7 +344,6 @@ def run(args) -> str:
     PassManager(pipeline[:stop], [EachPass()]).run(gm, captured.example_inputs)
     if not args.each_pass and args.format != "diff" and stop > 0:
         outputs.append(render(f"after {names[stop - 1]}"))
-    del fxopt
     return "\n\n".join(o for o in outputs if o) + "\n"
 
 
