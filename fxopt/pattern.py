@@ -35,7 +35,7 @@ from fxopt.errors import PassError
 from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.ir.meta import infer_meta, symbol_map
 from fxopt.ir.printer import format_node
-from fxopt.rewriter import Rewriter, inherit_location
+from fxopt.rewriter import Rewriter, inherit_location, is_erased
 
 
 class PatternError(PassError):
@@ -177,7 +177,7 @@ def _apply(rule: PatternRule, gm: torch.fx.GraphModule, rw: Rewriter, ctx: PassC
             anchor = m.returning_nodes[0]
             if anchor in rejected:
                 continue
-            if any(getattr(n, "_erased", False) for n in m.nodes_map.values()):
+            if any(is_erased(n) for n in m.nodes_map.values()):
                 stale = True  # an earlier replacement in this round consumed part of it: match again
                 continue
             if not _apply_one(rule, gm, rw, ctx, m, slots):

@@ -147,7 +147,7 @@ def node_rewrite(name: str, *, options: type | None = None, level: int = 1,
         def run(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
             rw = Rewriter(gm)
             for node in list(gm.graph.nodes):
-                if node.op != "call_function" or node.graph is not gm.graph or _erased(node):
+                if node.op != "call_function" or node.graph is not gm.graph or is_erased(node):
                     continue
                 out = fn(node, rw, ctx.options) if takes_options else fn(node, rw)
                 if out is not None:
@@ -162,5 +162,6 @@ def node_rewrite(name: str, *, options: type | None = None, level: int = 1,
     return wrap
 
 
-def _erased(node: torch.fx.Node) -> bool:
+def is_erased(node: torch.fx.Node) -> bool:
+    """True once a node was removed from its graph (it may still sit in a list built before)."""
     return getattr(node, "_erased", False)

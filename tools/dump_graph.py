@@ -72,7 +72,7 @@ def _load_hf(path: Path):
     if not config_path.exists():
         raise DumpError(f"{path} has no config.json: not a Hugging Face model directory")
     config = transformers.AutoConfig.from_pretrained(config_path.parent if path.is_dir() else str(config_path))
-    has_weights = path.is_dir() and any(path.glob("*.safetensors")) or path.is_dir() and any(path.glob("*.bin"))
+    has_weights = path.is_dir() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin")))
     if has_weights:
         model = transformers.AutoModel.from_pretrained(path)
     else:
@@ -215,8 +215,7 @@ def view_layers(rows, subs, expand: str | None) -> str:
     return text
 
 
-def view_diff(before: torch.fx.GraphModule | None, after_rows: list[NodeRow], before_rows: list[NodeRow],
-              pass_name: str, subs) -> str:
+def view_diff(after_rows: list[NodeRow], before_rows: list[NodeRow], pass_name: str, subs) -> str:
     old = {r.name: r for r in before_rows}
     new = {r.name: r for r in after_rows}
     added = [r for n, r in new.items() if n not in old]
@@ -318,7 +317,7 @@ def run(args) -> str:
     def render(label: str, before_rows=None):
         rows = apply_filter(node_rows(gm), args.filter)
         if args.format == "diff":
-            return view_diff(None, rows, before_rows or [], label, subs) if before_rows is not None else ""
+            return view_diff(rows, before_rows, label, subs) if before_rows is not None else ""
         body = _render(gm, rows, subs, args)
         return body if args.format in PICTURES else f"// {label}\n{body}"
 
