@@ -22,7 +22,9 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "canonicalize",                    # one spelling per op (transpose/softmax dims), so patterns match
     "eliminate-common-subexpressions",  # compute each pure expression once
     "fold-constants",                  # precompute what depends only on weights and literals
-    "fuse-rms-norm",                   # decomposed RMSNorm → aten.rms_norm
+    "fold-position-tables",            # ... and on arange(seq): rotary cos/sin, position embeddings
+    "fuse-layer-norm",                 # decomposed LayerNorm (DeBERTa, Cohere) → aten.layer_norm
+    "fuse-rms-norm",                   # decomposed RMSNorm → aten.rms_norm (after: a LayerNorm contains one)
     "fuse-attention",                  # softmax(QKᵀ·scale + mask)·V → scaled_dot_product_attention
     "fuse-sibling-linears",            # q/k/v and gate/up projections → one linear + split
     "select-gemm-backend",             # level 2: each linear on the GEMM library measured fastest (oneDNN/MKL)

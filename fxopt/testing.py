@@ -57,16 +57,17 @@ def _as_module(fn_or_model) -> torch.nn.Module:
 
 
 def check_pass(pass_or_name: GraphPass | str, fn_or_model: Callable | torch.nn.Module, *inputs,
-               options=None, rtol: float = 1e-5, dynamic: bool = True, canonicalize: bool = True,
-               **kwargs) -> CheckResult:
+               options=None, rtol: float = 1e-5, dynamic: bool = True, dims: dict | None = None,
+               canonicalize: bool = True, **kwargs) -> CheckResult:
     """Capture ``fn_or_model`` on ``inputs``, verify, run the pass, verify again and check the outputs
     against eager within ``rtol``. Returns the printed graph before/after, the stats and the error.
 
+    ``dynamic``/``dims`` are :func:`fxopt.compile`'s (``dims={"seq": (1, 64)}`` makes dim 1 dynamic too).
     ``canonicalize`` first runs the passes of :data:`CANONICAL_FORM` (as the default pipeline does before
     any other pass), so patterns see graphs without no-op casts, views and dropout, with one spelling per op."""
     p = get_pass(pass_or_name) if isinstance(pass_or_name, str) else pass_or_name
     model = _as_module(fn_or_model)
-    captured = capture(model, inputs, kwargs, dynamic=dynamic)
+    captured = capture(model, inputs, kwargs, dynamic=dynamic, dims=dims)
     gm = captured.graph_module
     if canonicalize:
         for name in CANONICAL_FORM:

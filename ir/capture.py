@@ -132,8 +132,8 @@ def capture(
     """Capture ``model`` called on the example inputs into fxopt's IR.
 
     ``dynamic=True`` makes the batch dimension (dim 0 of every tensor) dynamic and, for Hugging Face
-    models, the sequence dimension (dim 1 of every tensor whose dim 1 equals the first input's) too.
-    ``dims`` overrides their ranges, e.g. ``{"batch": (1, 64), "seq": (2, 512)}``.
+    models or when ``dims`` names ``"seq"``, the sequence dimension (dim 1 of every tensor whose dim 1
+    equals the first input's) too. ``dims`` sets their ranges, e.g. ``{"batch": (1, 64), "seq": (2, 512)}``.
     Raises :class:`fxopt.CaptureError` when ``torch.export`` cannot capture the model.
     """
     if not isinstance(model, torch.nn.Module):
@@ -154,7 +154,8 @@ def capture(
         named = _hf_inference_kwargs(model, signature, named, notes)
 
     ranges = _dim_ranges(model, dims)
-    dyn_spec, named = _dynamic_spec(named, ranges, dynamic, hf=is_hf_model(model), notes=notes)
+    has_seq = is_hf_model(model) or "seq" in (dims or {})
+    dyn_spec, named = _dynamic_spec(named, ranges, dynamic, has_seq=has_seq, notes=notes)
 
     was_training = model.training
     model.eval()
@@ -231,7 +232,7 @@ def _dim_ranges(model, dims: dict[str, tuple[int, int]] | None) -> dict[str, tup
     return ranges
 
 
-def _dynamic_spec(named: dict, ranges, dynamic: bool, *, hf: bool, notes: list[str]):
+def _dynamic_spec(named: dict, ranges, dynamic: bool, *, has_seq: bool, notes: list[str]):
     """Build export's ``dynamic_shapes`` for ``named`` and return it with (possibly widened) examples.
 
     Export specializes a size-1 dimension to 1, so an example batch of 1 is repeated to 2 for tracing
@@ -241,7 +242,7 @@ def _dynamic_spec(named: dict, ranges, dynamic: bool, *, hf: bool, notes: list[s
         return None, named
     tensors = {k: v for k, v in named.items() if isinstance(v, torch.Tensor)}
     first = next(iter(tensors.values()))
-    seq_len = first.shape[1] if first.dim() >= 2 and hf else None
+    seq_len = first.shape[1] if first.dim() >= 2 and has_seq else None
     batch = first.shape[0] if first.dim() >= 1 else None
     dims = {
         "batch": Dim("batch", min=ranges["batch"][0], max=ranges["batch"][1]),

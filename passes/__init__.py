@@ -7,7 +7,9 @@ from fxopt.passes.eliminate_dead_nodes import eliminate_dead_nodes
 from fxopt.passes.canonicalize import canonicalize
 from fxopt.passes.eliminate_common_subexpressions import eliminate_common_subexpressions
 from fxopt.passes.fold_constants import fold_constants
+from fxopt.passes.fold_position_tables import fold_position_tables
 from fxopt.passes.fuse_attention import fuse_attention
+from fxopt.passes.fuse_layer_norm import fuse_layer_norm
 from fxopt.passes.fuse_rms_norm import fuse_rms_norm
 from fxopt.passes.fuse_sibling_linears import fuse_sibling_linears
 from fxopt.passes.select_gemm_backend import select_gemm_backend
@@ -17,6 +19,8 @@ BUILTIN_PASSES = (
     canonicalize,
     eliminate_common_subexpressions,
     fold_constants,
+    fold_position_tables,
+    fuse_layer_norm,
     fuse_rms_norm,
     fuse_attention,
     fuse_sibling_linears,
@@ -24,4 +28,5 @@ BUILTIN_PASSES = (
 )
 
 __all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "canonicalize", "eliminate_common_subexpressions",
-           "fold_constants", "fuse_rms_norm", "fuse_attention", "fuse_sibling_linears", "select_gemm_backend"]
+           "fold_constants", "fold_position_tables", "fuse_layer_norm", "fuse_rms_norm", "fuse_attention",
+           "fuse_sibling_linears", "select_gemm_backend"]

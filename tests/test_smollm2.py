@@ -52,5 +52,7 @@ def test_smollm2_fusion_stats(smollm2_compiled):
     assert pipeline.record("fuse-rms-norm").stats["fuse-rms-norm"] == 61  # 2 per layer × 30 + final
     # 30 q/k/v groups (grouped-query: 576, 192, 192) + 30 gate/up pairs
     assert pipeline.record("fuse-sibling-linears").stats == {"groups fused": 60, "linears fused": 150}
+    # the rotary cos and sin tables; the 8192 × 8192 causal-mask table is over the size cap
+    assert pipeline.record("fold-position-tables").stats == {"tables": 2, "over size cap": 1}
     # every remaining linear (4 per layer + the LM head) was placed on a measured GEMM backend
     assert sum(pipeline.record("select-gemm-backend").stats.values()) == 121

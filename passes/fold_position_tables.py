@@ -1,0 +1,210 @@
+"""fold-position-tables: precompute what depends only on weights and ``arange(seq)``, once, for the longest sequence.
+
+Rotary cos/sin tables, position-embedding lookups and similar values are not constants of the graph: they
+are computed from ``arange(seq)`` (or a weight sliced to ``seq``) on every call, and Inductor recomputes
+them inside every layer's kernel that reads them (a cos and a sin per element of q and k, per layer).
+Their value for a sequence of ``s`` positions is the first ``s`` rows of their value for the longest
+sequence the model was compiled for. This pass computes that table once, at the upper end of the
+dimension's range, and replaces the subgraph with a slice of it.
+
+The prefix property is not assumed, it is checked: each table is also computed directly at two other
+lengths and must equal its slice there, or it is not folded (the reason goes to the pass's notes).
+A size cap (``max_bytes``, per table at the longest length) keeps quadratic tables such as a causal
+mask of 8192 × 8192 positions in the graph.
+
+Before::
+
+    %arange = aten.arange(%sym_size_int_99, device='cpu', pin_memory=False) : i64[seq]
+    %unsqueeze = aten.unsqueeze(%arange, 0) : i64[1, seq]
+    %unsqueeze_13 = aten.unsqueeze(%unsqueeze, 2) : i64[1, seq, 1]
+    %to_3 = aten.to.dtype(%unsqueeze_13, float32) : f32[1, seq, 1]
+    %mul = aten.mul.Tensor(%to_3, %model.rotary_emb.inv_freq) : f32[1, seq, 32]
+    %cat = aten.cat([%mul, %mul], -1) : f32[1, seq, 64]
+    %cos = aten.cos(%cat) : f32[1, seq, 64]
+    %unsqueeze_14 = aten.unsqueeze(%cos, 1) : f32[1, 1, seq, 64]
+    %mul_5 = aten.mul.Tensor(%transpose, %unsqueeze_14) : f32[batch, 9, seq, 64]
+
+After::
+
+    %_fxopt_unsqueeze_14_table = const : f32[1, 1, 8192, 64]
+    %slice_1 = aten.slice.Tensor(%_fxopt_unsqueeze_14_table, 2, 0, %sym_size_int_99) : f32[1, 1, seq, 64]
+    %mul_5 = aten.mul.Tensor(%transpose, %slice_1) : f32[batch, 9, seq, 64]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+import torch
+import torch.fx
+
+from fxopt.graph_pass import PassContext, PassResult, graph_pass
+from fxopt.ir.meta import fake_mode_of, tensor_val
+from fxopt.passes.eliminate_common_subexpressions import is_pure
+from fxopt.rewriter import Rewriter
+
+aten = torch.ops.aten
+
+#: Ops that only move or relabel data; a table built from nothing else is not worth a constant.
+_DATA_MOVEMENT = {
+    aten.arange.default, aten.arange.start, aten.arange.start_step, aten.slice.Tensor, aten.unsqueeze.default,
+    aten.squeeze.dim, aten.view.default, aten.reshape.default, aten.expand.default, aten.transpose.int,
+    aten.permute.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default,
+    aten.clone.default, aten.sym_size.int,
+}
+
+
+@dataclass
+class PositionTableOptions:
+    max_bytes: int = 16 * 2**20      # largest table kept, at the longest sequence
+    max_positions: int = 1 << 17     # a dimension allowed to grow past this is never tabulated
+
+
+@graph_pass("fold-position-tables", options=PositionTableOptions, after=("fold-constants",))
+def fold_position_tables(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+    """Replace subgraphs of weights and ``arange(seq)`` with a slice of a table computed for the longest ``seq``."""
+    opts: PositionTableOptions = ctx.options
+    rw = Rewriter(gm)
+    mode = fake_mode_of(gm)
+    if mode is None or mode.shape_env is None:
+        return rw.result()  # static shapes: fold-constants already computed everything it could
+    symbol_of = _positional_nodes(gm, rw, mode.shape_env, opts)
+    frontier = [n for n, sym in symbol_of.items() if sym is not None and n.op == "call_function"
+                and n.target is not aten.sym_size.int
+                and any(u not in symbol_of for u in n.users) and _worth_a_table(n, symbol_of)]
+    for node in frontier:
+        sym = symbol_of[node]
+        upper = int(mode.shape_env.var_to_range[sym].upper)
+        lower = max(int(mode.shape_env.var_to_range[sym].lower), 1)
+        table = _evaluate(node, upper, symbol_of, rw)
+        dims = [d for d, size in enumerate(tensor_val(node).shape) if _expr(size) == sym]
+        size = table.numel() * table.element_size()
+        if size > opts.max_bytes:
+            name = gm.meta.get("fxopt.symbols", {}).get(sym.name, sym.name)
+            ctx.note(f"not folded (size cap): %{node.name} would take {size / 2**20:.1f} MiB at {name}={upper}")
+            rw.count("over size cap")
+            continue
+        mismatch = _first_mismatch(node, table, dims, symbol_of, rw, (lower, (lower + upper) // 3 + 1))
+        if mismatch is not None:
+            ctx.note(f"not folded: %{node.name} at length {mismatch} is not the first rows of its table")
+            rw.count("not a prefix")
+            continue
+        length = _length_node(node, sym, symbol_of)
+        value = rw.add_constant(node.name + "_table", table, before=node)
+        for d in dims:
+            value = rw.call(aten.slice.Tensor, (value, d, 0, length), before=node)
+        rw.replace(node, value)
+        rw.count("tables")
+    rw.remove_unused()
+    return rw.result()
+
+
+def _expr(size):
+    return size.node.expr if isinstance(size, torch.SymInt) else sympy.Integer(int(size))
+
+
+def _positional_nodes(gm, rw: Rewriter, shape_env, opts: PositionTableOptions) -> dict:
+    """Node → the one dynamic symbol its value depends on (None for a constant), for every node whose value is a
+    function of constants and one bounded dimension, with that dimension appearing only as a whole axis."""
+    symbol_of: dict[torch.fx.Node, sympy.Symbol | None] = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and rw.constant(node) is not None:
+            symbol_of[node] = None
+            continue
+        if node.op != "call_function" or not is_pure(node):
+            continue
+        if node.target is aten.sym_size.int:
+            expr = _expr(node.meta.get("val", 0))
+            if isinstance(expr, sympy.Symbol) and _bounded(expr, shape_env, opts):
+                symbol_of[node] = expr
+            continue
+        inputs = node.all_input_nodes
+        if not inputs or any(n not in symbol_of for n in inputs):
+            continue
+        symbols = {symbol_of[n] for n in inputs} - {None}
+        if not symbols:
+            symbol_of[node] = None  # a constant (left by fold-constants' size cap, or run before it)
+            continue
+        val = tensor_val(node)
+        if len(symbols) != 1 or val is None:
+            continue  # several: a table per pair of lengths is not worth it
+        (sym,) = symbols
+        exprs = [_expr(s) for s in val.shape]
+        if any(e.free_symbols and e != sym for e in exprs):
+            continue  # e.g. 2*seq or seq+1: slicing the longest table would not give this value
+        if _longest_numel(exprs, sym, shape_env) * val.element_size() > 4 * opts.max_bytes:
+            continue  # too big even to evaluate
+        symbol_of[node] = sym
+    return symbol_of
+
+
+def _bounded(sym, shape_env, opts: PositionTableOptions) -> bool:
+    rng = shape_env.var_to_range.get(sym)
+    return rng is not None and rng.upper.is_finite and int(rng.upper) <= opts.max_positions
+
+
+def _longest_numel(exprs, sym, shape_env) -> int:
+    upper = int(shape_env.var_to_range[sym].upper)
+    n = 1
+    for e in exprs:
+        n *= int(e.subs(sym, upper))
+    return n
+
+
+def _cone(node, symbol_of) -> list[torch.fx.Node]:
+    """The positional nodes ``node`` is computed from, in graph order."""
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.extend(m for m in n.all_input_nodes if m in symbol_of)
+    return sorted(seen, key=_order(node.graph))
+
+
+def _order(graph):
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    return index.__getitem__
+
+
+def _worth_a_table(node, symbol_of) -> bool:
+    return any(n.op == "call_function" and n.target not in _DATA_MOVEMENT for n in _cone(node, symbol_of))
+
+
+def _evaluate(node, length: int, symbol_of, rw: Rewriter):
+    """``node``'s value when its dimension is ``length``."""
+    values: dict[torch.fx.Node, object] = {}
+    for n in _cone(node, symbol_of):
+        if n.op == "get_attr":
+            values[n] = rw.constant(n)
+        elif n.target is aten.sym_size.int:
+            values[n] = length
+        else:
+            args = torch.fx.node.map_arg(n.args, values.__getitem__)
+            kwargs = torch.fx.node.map_arg(n.kwargs, values.__getitem__)
+            with torch.no_grad():
+                values[n] = n.target(*args, **kwargs)
+    return values[node]
+
+
+def _first_mismatch(node, table, dims, symbol_of, rw: Rewriter, lengths) -> int | None:
+    for length in lengths:
+        direct = _evaluate(node, length, symbol_of, rw)
+        sliced = table
+        for d in dims:
+            sliced = sliced.narrow(d, 0, length)
+        same = (sliced.shape == direct.shape and
+                (torch.allclose(sliced, direct, rtol=1e-6, atol=1e-7) if direct.is_floating_point()
+                 else torch.equal(sliced, direct)))
+        if not same:
+            return length
+    return None
+
+
+def _length_node(node, sym, symbol_of) -> torch.fx.Node:
+    """A node of the graph, computed before ``node``, whose value is the dimension's length."""
+    for n in _cone(node, symbol_of):
+        if n.op == "call_function" and n.target is aten.sym_size.int and symbol_of[n] == sym:
+            return n
+    raise AssertionError(f"%{node.name} depends on {sym} but no sym_size node of it precedes it")
