@@ -15,7 +15,7 @@ from fxopt.cost.estimate import CostReport
 from fxopt.cost.instrument import CostDelta
 from fxopt.graph_pass import GraphPass
 from fxopt.ir.capture import CapturedModel, capture
-from fxopt.lowering import lower
+from fxopt.lowering import lower, release_own_constants
 from fxopt.pass_manager import (Instrument, NumericCheck, PassManager, PipelineReport, PrintAfter, Timing, Verify,
                                 count_nodes)
 from fxopt.pipeline import build_pipeline
@@ -119,6 +119,11 @@ def compile(
     passes_seconds = time.perf_counter() - start
 
     lowered = lower(gm, captured.fake_inputs(), backend)
+    if backend == "inductor":
+        released = release_own_constants(gm)
+        if released:
+            captured.notes.append(f"{released / 2**20:.0f} MiB of fxopt-made constants (fused weights, tables) are "
+                                  "held by the compiled code only; compiled.graph_module is for inspection")
     report = CompileReport(
         model=type(model).__name__,
         nodes_captured=nodes_captured,

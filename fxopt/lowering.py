@@ -4,6 +4,10 @@
 freezing on, compiling it *once* against the capture's symbolic shapes: one compiled artifact serves
 every batch and sequence length in the captured range, so there are no recompilations and no Dynamo
 guards on the call path. ``backend="eager"`` runs the graph module as Python, for debugging.
+
+With freezing, Inductor keeps its own (often repacked) copy of every weight it needs. The constants that
+fxopt's passes made (fused weights, position tables) are then held twice; :func:`release_own_constants`
+drops the graph module's copy, so the graph stays printable and measurable but no longer runs eagerly.
 """
 from __future__ import annotations
 
@@ -40,3 +44,21 @@ def lower(gm: torch.fx.GraphModule, fake_inputs: Sequence[torch.Tensor], backend
     with torch.no_grad(), inductor_config.patch(freezing=freezing):
         compiled = compile_fx(gm, list(fake_inputs))
     return Lowered(compiled, backend, time.perf_counter() - start, 1)
+
+
+#: The prefix of the constants fxopt's passes add (``Rewriter.add_constant``); the model's own weights
+#: are shared with the original model and cost nothing to keep.
+OWN_CONSTANT_PREFIX = "_fxopt_"
+
+
+def release_own_constants(gm: torch.fx.GraphModule) -> int:
+    """Replace the fxopt-made constants of ``gm`` with meta tensors (same shape and dtype, no storage);
+    call it only once compiled code with its own copies exists. Returns the bytes released."""
+    released = 0
+    for name, tensor in list(gm.named_buffers(recurse=False)):
+        if name.startswith(OWN_CONSTANT_PREFIX) and tensor.device.type != "meta":
+            released += tensor.numel() * tensor.element_size()
+            gm.register_buffer(name, torch.empty(tensor.shape, dtype=tensor.dtype, device="meta"))
+    if released:
+        gm.meta["fxopt.constants_released"] = True
+    return released
