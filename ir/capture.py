@@ -85,13 +85,9 @@ class CapturedModel:
         return [s for s in self.slots if s.is_tensor]
 
     def example_dims(self) -> dict[str, int]:
-        """The example's size of every dynamic dimension, e.g. ``{"batch": 8, "seq": 128}``."""
-        sizes: dict[str, int] = {}
-        for slot, tensor in zip(self.tensor_slots, self.example_inputs):
-            for name, size in zip(slot.shape, tensor.shape):
-                if isinstance(name, str):
-                    sizes.setdefault(name, int(size))
-        return sizes
+        """The user's example size of every dynamic dimension, e.g. ``{"batch": 8, "seq": 128}`` (a batch of 1
+        stays 1 here although it was traced as 2); also in ``graph_module.meta["fxopt.example_dims"]``."""
+        return dict(self.graph_module.meta.get("fxopt.example_dims", {}))
 
     def fake_inputs(self) -> list[torch.Tensor]:
         """The placeholders' fake tensors: symbolic sizes, used to compile one graph for all shapes."""
@@ -155,6 +151,7 @@ def capture(
 
     ranges = _dim_ranges(model, dims)
     has_seq = is_hf_model(model) or "seq" in (dims or {})
+    user_sizes = _example_sizes(named, has_seq)
     dyn_spec, named = _dynamic_spec(named, ranges, dynamic, has_seq=has_seq, notes=notes)
 
     was_training = model.training
@@ -182,6 +179,7 @@ def capture(
     slots = _input_slots(paths, flat, gm, sym_names)
     used_dims = {name for s in slots for name in s.shape if isinstance(name, str)}
     gm.meta["fxopt.symbols"] = sym_names
+    gm.meta["fxopt.example_dims"] = {name: size for name, size in user_sizes.items() if name in used_dims}
     gm.meta["fxopt.outputs"] = _output_signature(gm)
     return CapturedModel(
         graph_module=gm,
@@ -230,6 +228,15 @@ def _dim_ranges(model, dims: dict[str, tuple[int, int]] | None) -> dict[str, tup
             raise CaptureError(f"dims[{name!r}]={rng!r} is not a range (min, max) with 1 <= min <= max.")
         ranges[name] = (lo, hi)
     return ranges
+
+
+def _example_sizes(named: dict, has_seq: bool) -> dict[str, int]:
+    """The sizes the dynamic dimensions have in the user's example (before any widening for tracing)."""
+    first = next(v for v in named.values() if isinstance(v, torch.Tensor))
+    sizes = {"batch": int(first.shape[0])} if first.dim() >= 1 else {}
+    if has_seq and first.dim() >= 2:
+        sizes["seq"] = int(first.shape[1])
+    return sizes
 
 
 def _dynamic_spec(named: dict, ranges, dynamic: bool, *, has_seq: bool, notes: list[str]):

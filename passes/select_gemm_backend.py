@@ -6,10 +6,12 @@ more than ``margin``. Linears left on oneDNN stay ``aten.linear``, which Inducto
 for oneDNN and fuses with a following activation or residual add. The choice per shape is listed in the
 compile report.
 
-Level 2 (``opt_level=2``), not on by default: GEMM-level timings do not predict the whole model here. On
-SmolLM2 prefill it moved the gate/up and LM-head GEMMs to MKL (faster alone by 4% and 9%) and the model got
-slower (330 vs 302 ms, same process): MKL GEMMs lose oneDNN's fused epilogues and keep a second copy of
-the weights. Deciding from end-to-end timings is the next step.
+Level 2 (``opt_level=2``), not on by default: GEMM-level timings do not reliably predict the whole model
+here. On SmolLM2 prefill 1 × 256 it moves every linear to MKL. Two interleaved same-process A/B runs gave
+257.9 vs 281.9 ms and 267.1 vs 295.1 ms (opt_level 2 vs 1). A profiler run on the same pair, taken in
+blocks of five calls, gave the opposite: 344.6 vs 305.3 ms, with MKL's LM head taking 112 ms where it
+takes 53 ms alone. ``fxopt bench`` measures both levels side by side on every run. Timings use the
+user's example rows: a batch of 1 traced as 2 counts as 1.
 
 Before::
 
@@ -22,12 +24,15 @@ After::
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import sympy
 import torch
 
 from fxopt import gemm_backends
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
+from fxopt.ir.meta import dim_symbol, size_expr, symbol_map
 from fxopt.rewriter import Rewriter
 
 aten = torch.ops.aten
@@ -40,11 +45,16 @@ class GemmOptions:
     refresh: bool = False  # measure again instead of reading the cache
 
 
-def _rows_at_example(node) -> int:
-    val = node.args[0].meta["val"]
-    rows = 1
-    for s in val.shape[:-1]:
-        rows *= s.node.hint if isinstance(s, torch.SymInt) else int(s)
+def _rows_at_example(node, gm) -> int:
+    """The linear's rows at the user's example sizes (a batch of 1 is traced as 2; this counts 1)."""
+    sizes = {dim_symbol(k): v for k, v in gm.meta.get("fxopt.example_dims", {}).items()}
+    rows = sympy.Integer(1)
+    for s in node.args[0].meta["val"].shape[:-1]:
+        rows *= size_expr(s, symbol_map(gm))
+    rows = rows.subs(sizes)
+    if rows.free_symbols:  # not captured by fxopt: take the traced sizes
+        rows = sympy.Integer(math.prod(int(s.node.hint) if isinstance(s, torch.SymInt) else int(s)
+                                       for s in node.args[0].meta["val"].shape[:-1]))
     return int(rows)
 
 
@@ -66,7 +76,7 @@ def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
             continue
         if bias_node is not None and rw.constant(bias_node) is None:
             continue
-        rows = _rows_at_example(node)
+        rows = _rows_at_example(node, gm)
         n, k = weight.shape
         times = timings.get(rows, k, n, bias_node is not None)
         backend = "mkl" if times["mkl"] < times["onednn"] * (1 - opts.margin) else "onednn"

@@ -61,6 +61,8 @@ CONFIGS: dict[str, Callable] = {
     "torch.compile static+freezing": torch_compile_config(dynamic=False),
     "torch.compile dynamic+freezing": torch_compile_config(dynamic=True),
     "fxopt": fxopt_config(),
+    # level 2 adds select-gemm-backend (each linear on the GEMM library measured fastest for its shape)
+    "fxopt opt_level=2": fxopt_config(opt_level=2),
 }
 
 
