@@ -27,7 +27,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "fuse-rms-norm",                   # decomposed RMSNorm → aten.rms_norm (after: a LayerNorm contains one)
     "fuse-attention",                  # softmax(QKᵀ·scale + mask)·V → scaled_dot_product_attention
     "fuse-sibling-linears",            # q/k/v and gate/up projections → one linear + split
-    "select-gemm-backend",             # level 2: each linear on the GEMM library measured fastest (oneDNN/MKL)
+    "select-gemm-backend",             # each linear on the GEMM library measured fastest here (oneDNN or MKL)
 )
 
 _ENTRY = re.compile(r"\s*([A-Za-z0-9_.\-]+)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")

@@ -6,12 +6,13 @@ more than ``margin``. Linears left on oneDNN stay ``aten.linear``, which Inducto
 for oneDNN and fuses with a following activation or residual add. The choice per shape is listed in the
 compile report.
 
-Level 2 (``opt_level=2``), not on by default: GEMM-level timings do not reliably predict the whole model
-here. On SmolLM2 prefill 1 × 256 it moves every linear to MKL. Two interleaved same-process A/B runs gave
-257.9 vs 281.9 ms and 267.1 vs 295.1 ms (opt_level 2 vs 1). A profiler run on the same pair, taken in
-blocks of five calls, gave the opposite: 344.6 vs 305.3 ms, with MKL's LM head taking 112 ms where it
-takes 53 ms alone. ``fxopt bench`` measures both levels side by side on every run. Timings use the
-user's example rows: a batch of 1 traced as 2 counts as 1.
+The decision is per GEMM, the proof is end to end: ``fxopt bench`` runs the pipeline with and without this
+pass side by side. On SmolLM2 prefill 1 × 256 it moves every linear to MKL, and the interleaved same-process
+A/B runs gave 1.27×, 1.27× and 1.29× eager with it against 1.15×, 1.16× and 1.17× without (BENCHMARKS.md
+has the latest). The first version timed the GEMMs at the traced rows (a batch of 1 is traced as 2) and made
+SmolLM2 slower; the rows are now the user's example rows. One profiler run, taken in blocks of five calls
+instead of interleaved, showed the opposite order (MKL's LM head at 112 ms where it takes 53 ms alone): the
+choice is only as good as the machine's timings are steady, and ``refresh=True`` measures again.
 
 Before::
 
@@ -58,7 +59,7 @@ def _rows_at_example(node, gm) -> int:
     return int(rows)
 
 
-@graph_pass("select-gemm-backend", options=GemmOptions, level=2,
+@graph_pass("select-gemm-backend", options=GemmOptions,
             after=("fuse-sibling-linears", "fold-constants"))
 def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     """Move each linear to the GEMM library (oneDNN or MKL) measured fastest for its shape here."""

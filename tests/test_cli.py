@@ -19,7 +19,8 @@ def test_passes_lists_the_default_pipeline():
     (("optimize", "gpt5"), "unknown model 'gpt5'"),
     (("bench", "--models", "gpt5"), "unknown model or configuration: ['gpt5']"),
     (("bench", "--configs", "tvm"), "unknown model or configuration: ['tvm']"),
-    (("bench", "--reps", "0"), "--reps must be at least 1"),
+    (("bench", "--reps", "0"), "--reps and --processes must be at least 1"),
+    (("bench", "--processes", "0"), "--reps and --processes must be at least 1"),
     (("optimize", "minilm", "--reps", "0"), "--reps must be at least 1"),
     (("frobnicate",), "invalid choice: 'frobnicate'"),
 ])

@@ -97,8 +97,7 @@ def test_ordering_constraints_are_enforced():
 
 def test_disable_and_opt_level():
     level_one = [p.name for p, _ in build_pipeline(None, opt_level=1)]
-    assert level_one == [n for n in fxopt.DEFAULT_PIPELINE if n != "select-gemm-backend"]
-    assert [p.name for p, _ in build_pipeline(None, opt_level=2)] == list(fxopt.DEFAULT_PIPELINE)
+    assert level_one == list(fxopt.DEFAULT_PIPELINE)  # every built-in pass is level 1
     assert build_pipeline(None, opt_level=0) == []
     without_dce = build_pipeline(None, disable=["eliminate-dead-nodes"])
     assert [p.name for p, _ in without_dce] == level_one[1:]

@@ -8,8 +8,7 @@ from conftest import rel_err
 
 @pytest.fixture(scope="module")
 def smollm2_compiled(smollm2):
-    # opt_level=2 adds select-gemm-backend, so its rewrite is checked on the real model too
-    return fxopt.compile(smollm2.model, smollm2.inputs(1, 64), opt_level=2)
+    return fxopt.compile(smollm2.model, smollm2.inputs(1, 64))
 
 
 @pytest.mark.slow

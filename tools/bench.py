@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -61,8 +61,8 @@ CONFIGS: dict[str, Callable] = {
     "torch.compile static+freezing": torch_compile_config(dynamic=False),
     "torch.compile dynamic+freezing": torch_compile_config(dynamic=True),
     "fxopt": fxopt_config(),
-    # level 2 adds select-gemm-backend (each linear on the GEMM library measured fastest for its shape)
-    "fxopt opt_level=2": fxopt_config(opt_level=2),
+    # the A/B that keeps select-gemm-backend honest: every linear left on oneDNN, as Inductor chooses
+    "fxopt without select-gemm-backend": fxopt_config(disable=("select-gemm-backend",)),
 }
 
 
@@ -78,10 +78,26 @@ class Measurement:
     extra: str = ""
     predicted: float | None = None  # the cost model's predicted speed vs eager (fxopt configurations)
     peak_rss_mb: float = 0.0  # the worker's peak resident memory: model, compilation and the first calls
+    runs: list[float] = field(default_factory=list)  # speed vs eager of each process, with --processes N
 
     @property
     def speedup(self) -> float:
-        return self.eager_ms / self.candidate_ms
+        return statistics.median(self.runs) if self.runs else self.eager_ms / self.candidate_ms
+
+    @property
+    def spread(self) -> str:
+        return f"{min(self.runs):.2f}–{max(self.runs):.2f}×" if len(self.runs) > 1 else "-"
+
+
+def combine(runs: list[Measurement]) -> Measurement:
+    """One row from the same configuration measured in several processes: medians, the largest peak memory,
+    and each process's speed-up kept for the spread (a process can run a few % fast or slow as a whole)."""
+    first = runs[0]
+    return Measurement(
+        first.model, first.config, first.shape,
+        statistics.median(m.eager_ms for m in runs), statistics.median(m.candidate_ms for m in runs),
+        statistics.median(m.compile_s for m in runs), first.accuracy, first.extra, first.predicted,
+        max(m.peak_rss_mb for m in runs), [m.speedup for m in runs])
 
 
 def accuracy(model_name: str, reference, output, inputs) -> dict:
@@ -159,11 +175,11 @@ def run_isolated(model_name: str, config: str, reps: int) -> Measurement:
 
 def table(results: list[Measurement]) -> str:
     rows = [[m.model, m.shape, m.config, f"{m.eager_ms:.1f}", f"{m.candidate_ms:.1f}", f"{m.speedup:.2f}×",
-             _prediction(m), f"{m.compile_s:.1f}", f"{m.peak_rss_mb:.0f}", format_accuracy(m.accuracy)]
+             m.spread, _prediction(m), f"{m.compile_s:.1f}", f"{m.peak_rss_mb:.0f}", format_accuracy(m.accuracy)]
             for m in results]
     return tabulate(rows, headers=["model", "batch×seq", "configuration", "eager ms", "ms", "speed vs eager",
-                                   "predicted (error)", "compile s", "peak RSS MB", "accuracy vs eager"],
-                    tablefmt="github")
+                                   "spread over processes", "predicted (error)", "compile s", "peak RSS MB",
+                                   "accuracy vs eager"], tablefmt="github")
 
 
 def _prediction(m: Measurement) -> str:
@@ -181,7 +197,8 @@ def write_markdown(path: str, results: list[Measurement], command: str) -> None:
     text = (f"# Benchmarks\n\nMeasured {datetime.date.today().isoformat()} on this project's CPU machine "
             f"({machine}). Medians of interleaved runs; each configuration in its own process, with eager "
             f"timed in that same process, so compare the *speed vs eager* ratios, not absolute times "
-            f"across rows.\n\nCommand:\n\n```\n{command}\n```\n\n{table(results)}\n\n{passes}\n")
+            f"across rows. With several processes per configuration (`--processes`), the speed is the "
+            f"median of the processes' ratios and the spread their range.\n\nCommand:\n\n```\n{command}\n```\n\n{table(results)}\n\n{passes}\n")
     with open(path, "w") as f:
         f.write(text)
 
@@ -191,23 +208,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="minilm,smollm2", help="comma-separated: minilm, smollm2")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated from: {', '.join(CONFIGS)}")
     parser.add_argument("--reps", type=int, default=20, help="timed rounds (after warm-up); default 20")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="measure each configuration in this many fresh processes, taking turns (default 1)")
     parser.add_argument("--write", metavar="PATH", help="also write the table as markdown (e.g. BENCHMARKS.md)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     models_ = [m.strip() for m in args.models.split(",") if m.strip()]
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [m for m in models_ if m not in WORKLOADS] + [c for c in configs if c not in CONFIGS]
-    if bad or args.reps < 1:
-        parser.error(f"unknown model or configuration: {bad}" if bad else "--reps must be at least 1")
+    if bad or args.reps < 1 or args.processes < 1:
+        parser.error(f"unknown model or configuration: {bad}" if bad else "--reps and --processes must be at least 1")
     if args.worker:
         m = measure(models_[0], configs[0], reps=args.reps)
         print(json.dumps(m.__dict__))
         return 0
     results = []
     for model_name in models_:
-        for config in configs:
-            print(f"[bench] {model_name} / {config} …", file=sys.stderr, flush=True)
-            results.append(run_isolated(model_name, config, args.reps))
+        runs: dict[str, list[Measurement]] = {c: [] for c in configs}
+        for round_ in range(args.processes):  # configurations take turns, so slow spells hit them alike
+            for config in configs:
+                of = f" (process {round_ + 1}/{args.processes})" if args.processes > 1 else ""
+                print(f"[bench] {model_name} / {config}{of} …", file=sys.stderr, flush=True)
+                runs[config].append(run_isolated(model_name, config, args.reps))
+        results.extend(combine(runs[c]) if args.processes > 1 else runs[c][0] for c in configs)
     print(table(results))
     if args.write:
         command = "fxopt bench " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
