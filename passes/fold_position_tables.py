@@ -76,14 +76,15 @@ def fold_position_tables(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
         sym = symbol_of[node]
         upper = int(mode.shape_env.var_to_range[sym].upper)
         lower = max(int(mode.shape_env.var_to_range[sym].lower), 1)
-        table = _evaluate(node, upper, symbol_of, rw)
-        dims = [d for d, size in enumerate(tensor_val(node).shape) if _expr(size) == sym]
-        size = table.numel() * table.element_size()
+        val = tensor_val(node)
+        dims = [d for d, size in enumerate(val.shape) if _expr(size) == sym]
+        size = _longest_numel([_expr(s) for s in val.shape], sym, mode.shape_env) * val.element_size()
         if size > opts.max_bytes:
             name = gm.meta.get("fxopt.symbols", {}).get(sym.name, sym.name)
             ctx.note(f"not folded (size cap): %{node.name} would take {size / 2**20:.1f} MiB at {name}={upper}")
             rw.count("over size cap")
             continue
+        table = _evaluate(node, upper, symbol_of, rw)
         mismatch = _first_mismatch(node, table, dims, symbol_of, rw, (lower, (lower + upper) // 3 + 1))
         if mismatch is not None:
             ctx.note(f"not folded: %{node.name} at length {mismatch} is not the first rows of its table")

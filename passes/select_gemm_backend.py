@@ -14,6 +14,10 @@ SmolLM2 slower; the rows are now the user's example rows. One profiler run, take
 instead of interleaved, showed the opposite order (MKL's LM head at 112 ms where it takes 53 ms alone): the
 choice is only as good as the machine's timings are steady, and ``refresh=True`` measures again.
 
+Inductor's C++ GEMM template is the third candidate the machine offers; it is not timed here because it lost
+everywhere it was tried: with ``max_autotune`` Inductor's own autotuner timed it at 2–2.5× oneDNN's time
+for each of SmolLM2's five linear shapes, and the model ran 291.7 vs 287.6 ms without it (compile 72 s vs 50 s).
+
 Before::
 
     %lm_head = aten.linear(%rms_norm_60, %lm_head.weight) : f32[batch, seq, 49152]
