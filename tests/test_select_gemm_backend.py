@@ -62,3 +62,15 @@ def test_compiled_with_inductor_at_other_batches():
     for batch in (1, 3, 40):
         x = torch.randn(batch, 32)
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_cost_of_an_mkl_linear_counts_the_weight_not_the_packed_buffer():
+    from fxopt import PassContext
+    from fxopt.cost import estimate
+    from fxopt.ir.capture import capture
+    from fxopt.registry import get_pass
+    gm = capture(MLP(), (torch.randn(5, 32),)).graph_module
+    before = estimate(gm).bytes
+    get_pass("select-gemm-backend")(gm, PassContext(options=GemmOptions(margin=-10.0, reps=3)))  # forces MKL
+    assert any(n.target is torch.ops.mkl._mkl_linear.default for n in gm.graph.nodes)
+    assert estimate(gm).bytes == before
