@@ -198,7 +198,8 @@ def write_markdown(path: str, results: list[Measurement], command: str) -> None:
             f"({machine}). Medians of interleaved runs; each configuration in its own process, with eager "
             f"timed in that same process, so compare the *speed vs eager* ratios, not absolute times "
             f"across rows. With several processes per configuration (`--processes`), the speed is the "
-            f"median of the processes' ratios and the spread their range.\n\nCommand:\n\n```\n{command}\n```\n\n{table(results)}\n\n{passes}\n")
+            f"median of the processes' ratios and the spread their range.\n\n"
+            f"Command:\n\n```\n{command}\n```\n\n{table(results)}\n\n{passes}\n")
     with open(path, "w") as f:
         f.write(text)
 
