@@ -142,11 +142,12 @@ class PatternRule:
 
 def pattern_pass(name: str, pattern: Callable | None = None, replacement: Callable | None = None, *,
                  example_inputs: Sequence[torch.Tensor] = (), where=None, priority: int = 0,
-                 rules: Sequence[PatternRule] = (), level: int = 1,
+                 rules: Sequence[PatternRule] = (), level: int = 1, description: str | None = None,
                  after: tuple[str, ...] = ("eliminate-dead-nodes", "canonicalize"), before: tuple[str, ...] = ()) -> GraphPass:
     """A pass that applies one pattern (``pattern``/``replacement``) or several ``rules`` (highest
     ``priority`` first) everywhere in the graph. Stats: matches replaced per rule; diagnostics: why
-    near-matches were rejected."""
+    near-matches were rejected. ``description`` is the one line ``fxopt passes`` shows (default: the
+    pattern's docstring)."""
     all_rules = list(rules)
     if pattern is not None:
         all_rules.append(PatternRule(name, pattern, replacement, tuple(example_inputs), where, priority))
@@ -161,7 +162,7 @@ def pattern_pass(name: str, pattern: Callable | None = None, replacement: Callab
         rw.remove_unused()
         return rw.result()
 
-    run.__doc__ = (pattern.__doc__ if pattern is not None else None) or f"Pattern rewrite {name}."
+    run.__doc__ = description or (pattern.__doc__ if pattern is not None else None) or f"Pattern rewrite {name}."
     return graph_pass(name, level=level, after=after, before=before)(run)
 
 

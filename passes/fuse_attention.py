@@ -61,6 +61,7 @@ def _sdpa_can_take(match):
 _example = tuple(torch.randn(2, 3, 5, 4) for _ in range(3))
 fuse_attention = pattern_pass(
     "fuse-attention",
+    description="Explicit softmax(Q·Kᵀ·scale + mask)·V → scaled_dot_product_attention, mask kept.",
     rules=[
         PatternRule("masked attention", masked_attention, masked_sdpa, (*_example, torch.randn(2, 1, 5, 5)),
                     where=_sdpa_can_take, priority=1),

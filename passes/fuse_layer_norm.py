@@ -72,6 +72,7 @@ def _affine_over_last_dim(match):
 _x, _w, _b = torch.randn(2, 5, 8), torch.rand(8) + 0.5, torch.randn(8)
 fuse_layer_norm = pattern_pass(
     "fuse-layer-norm",
+    description="Hand-written LayerNorms (DeBERTa's sqrt/div with bias, Cohere's rsqrt) → aten.layer_norm.",
     rules=[
         PatternRule("sqrt, with bias", sqrt_layer_norm, layer_norm, (_x, _w, _b), where=_affine_over_last_dim),
         PatternRule("rsqrt, no bias", rsqrt_layer_norm, layer_norm_no_bias, (_x, _w), where=_affine_over_last_dim),

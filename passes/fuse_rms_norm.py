@@ -45,4 +45,5 @@ fuse_rms_norm = pattern_pass(
     "fuse-rms-norm", rms_norm_pattern, rms_norm_replacement,
     example_inputs=(torch.randn(2, 5, 8), torch.randn(8)),
     where=_weight_matches_hidden,
+    description="Decomposed RMSNorm (pow / mean / rsqrt / mul, as Llama, Qwen, Mistral write it) → aten.rms_norm.",
 )
