@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import torch
 import torch.fx
 
+from fxopt.rewriter import OWN_CONSTANT_PREFIX
+
 BACKENDS = ("inductor", "eager")
 
 
@@ -44,11 +46,6 @@ def lower(gm: torch.fx.GraphModule, fake_inputs: Sequence[torch.Tensor], backend
     with torch.no_grad(), inductor_config.patch(freezing=freezing):
         compiled = compile_fx(gm, list(fake_inputs))
     return Lowered(compiled, backend, time.perf_counter() - start, 1)
-
-
-#: The prefix of the constants fxopt's passes add (``Rewriter.add_constant``); the model's own weights
-#: are shared with the original model and cost nothing to keep.
-OWN_CONSTANT_PREFIX = "_fxopt_"
 
 
 def release_own_constants(gm: torch.fx.GraphModule) -> int:

@@ -29,6 +29,11 @@ from fxopt.ir.meta import infer_meta
 from fxopt.ir.printer import format_node
 
 
+#: The name prefix of every constant a pass adds with :meth:`Rewriter.add_constant` (the model's own weights
+#: keep their names): how lowering tells the constants fxopt made from the ones the model owns.
+OWN_CONSTANT_PREFIX = "_fxopt_"
+
+
 class Rewriter:
     """Records every edit made to a graph module; the source of a pass's ``changed`` and stats."""
 
@@ -86,7 +91,7 @@ class Rewriter:
 
     def add_constant(self, name_hint: str, tensor: torch.Tensor, *, before: torch.fx.Node) -> torch.fx.Node:
         """Register ``tensor`` as a buffer of the graph module and return a ``get_attr`` node for it."""
-        base = "_fxopt_" + "".join(c if c.isalnum() else "_" for c in name_hint)
+        base = OWN_CONSTANT_PREFIX + "".join(c if c.isalnum() else "_" for c in name_hint)
         name, i = base, 0
         while hasattr(self.gm, name):
             i += 1

@@ -152,7 +152,7 @@ def capture(
     ranges = _dim_ranges(model, dims)
     has_seq = is_hf_model(model) or "seq" in (dims or {})
     user_sizes = _example_sizes(named, has_seq)
-    dyn_spec, named = _dynamic_spec(named, ranges, dynamic, has_seq=has_seq, notes=notes)
+    dyn_spec, named = _dynamic_spec(named, ranges, dynamic, user_sizes, notes=notes)
 
     was_training = model.training
     model.eval()
@@ -239,7 +239,7 @@ def _example_sizes(named: dict, has_seq: bool) -> dict[str, int]:
     return sizes
 
 
-def _dynamic_spec(named: dict, ranges, dynamic: bool, *, has_seq: bool, notes: list[str]):
+def _dynamic_spec(named: dict, ranges, dynamic: bool, sizes: dict[str, int], *, notes: list[str]):
     """Build export's ``dynamic_shapes`` for ``named`` and return it with (possibly widened) examples.
 
     Export specializes a size-1 dimension to 1, so an example batch of 1 is repeated to 2 for tracing
@@ -247,10 +247,7 @@ def _dynamic_spec(named: dict, ranges, dynamic: bool, *, has_seq: bool, notes: l
     """
     if not dynamic:
         return None, named
-    tensors = {k: v for k, v in named.items() if isinstance(v, torch.Tensor)}
-    first = next(iter(tensors.values()))
-    seq_len = first.shape[1] if first.dim() >= 2 and has_seq else None
-    batch = first.shape[0] if first.dim() >= 1 else None
+    batch, seq_len = sizes.get("batch"), sizes.get("seq")
     dims = {
         "batch": Dim("batch", min=ranges["batch"][0], max=ranges["batch"][1]),
         "seq": Dim("seq", min=ranges["seq"][0], max=ranges["seq"][1]),

@@ -39,7 +39,7 @@ import torch
 import torch.fx
 
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
-from fxopt.ir.meta import fake_mode_of, tensor_val
+from fxopt.ir.meta import fake_mode_of, size_expr, tensor_val
 from fxopt.passes.eliminate_common_subexpressions import is_pure
 from fxopt.rewriter import Rewriter
 
@@ -69,28 +69,30 @@ def fold_position_tables(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
     if mode is None or mode.shape_env is None:
         return rw.result()  # static shapes: fold-constants already computed everything it could
     symbol_of = _positional_nodes(gm, rw, mode.shape_env, opts)
-    frontier = [n for n, sym in symbol_of.items() if sym is not None and n.op == "call_function"
-                and n.target is not aten.sym_size.int
-                and any(u not in symbol_of for u in n.users) and _worth_a_table(n, symbol_of)]
-    for node in frontier:
+    position = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in [n for n, sym in symbol_of.items() if sym is not None and n.op == "call_function"
+                 and n.target is not aten.sym_size.int and any(u not in symbol_of for u in n.users)]:
+        cone = _cone(node, symbol_of, position)
+        if all(n.op != "call_function" or n.target in _DATA_MOVEMENT for n in cone):
+            continue  # only views of arange: not worth a constant
         sym = symbol_of[node]
         upper = int(mode.shape_env.var_to_range[sym].upper)
         lower = max(int(mode.shape_env.var_to_range[sym].lower), 1)
         val = tensor_val(node)
-        dims = [d for d, size in enumerate(val.shape) if _expr(size) == sym]
-        size = _longest_numel([_expr(s) for s in val.shape], sym, mode.shape_env) * val.element_size()
+        dims = [d for d, size in enumerate(val.shape) if size_expr(size) == sym]
+        size = _longest_numel([size_expr(s) for s in val.shape], sym, mode.shape_env) * val.element_size()
         if size > opts.max_bytes:
             name = gm.meta.get("fxopt.symbols", {}).get(sym.name, sym.name)
             ctx.note(f"not folded (size cap): %{node.name} would take {size / 2**20:.1f} MiB at {name}={upper}")
             rw.count("over size cap")
             continue
-        table = _evaluate(node, upper, symbol_of, rw)
-        mismatch = _first_mismatch(node, table, dims, symbol_of, rw, (lower, (lower + upper) // 3 + 1))
+        table = _evaluate(cone, upper, rw)
+        mismatch = _first_mismatch(cone, table, dims, rw, (lower, (lower + upper) // 3 + 1))
         if mismatch is not None:
             ctx.note(f"not folded: %{node.name} at length {mismatch} is not the first rows of its table")
             rw.count("not a prefix")
             continue
-        length = _length_node(node, sym, symbol_of)
+        length = _length_node(cone, sym, symbol_of)
         value = rw.add_constant(node.name + "_table", table, before=node)
         for d in dims:
             value = rw.call(aten.slice.Tensor, (value, d, 0, length), before=node)
@@ -98,10 +100,6 @@ def fold_position_tables(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
         rw.count("tables")
     rw.remove_unused()
     return rw.result()
-
-
-def _expr(size):
-    return size.node.expr if isinstance(size, torch.SymInt) else sympy.Integer(int(size))
 
 
 def _positional_nodes(gm, rw: Rewriter, shape_env, opts: PositionTableOptions) -> dict:
@@ -115,7 +113,7 @@ def _positional_nodes(gm, rw: Rewriter, shape_env, opts: PositionTableOptions) -
         if node.op != "call_function" or not is_pure(node):
             continue
         if node.target is aten.sym_size.int:
-            expr = _expr(node.meta.get("val", 0))
+            expr = size_expr(node.meta.get("val", 0))
             if isinstance(expr, sympy.Symbol) and _bounded(expr, shape_env, opts):
                 symbol_of[node] = expr
             continue
@@ -130,7 +128,7 @@ def _positional_nodes(gm, rw: Rewriter, shape_env, opts: PositionTableOptions) -
         if len(symbols) != 1 or val is None:
             continue  # several: a table per pair of lengths is not worth it
         (sym,) = symbols
-        exprs = [_expr(s) for s in val.shape]
+        exprs = [size_expr(s) for s in val.shape]
         if any(e.free_symbols and e != sym for e in exprs):
             continue  # e.g. 2*seq or seq+1: slicing the longest table would not give this value
         if _longest_numel(exprs, sym, shape_env) * val.element_size() > 4 * opts.max_bytes:
@@ -152,8 +150,8 @@ def _longest_numel(exprs, sym, shape_env) -> int:
     return n
 
 
-def _cone(node, symbol_of) -> list[torch.fx.Node]:
-    """The positional nodes ``node`` is computed from, in graph order."""
+def _cone(node, symbol_of, position) -> list[torch.fx.Node]:
+    """The positional nodes ``node`` is computed from (itself last), in graph order."""
     seen, stack = set(), [node]
     while stack:
         n = stack.pop()
@@ -161,22 +159,13 @@ def _cone(node, symbol_of) -> list[torch.fx.Node]:
             continue
         seen.add(n)
         stack.extend(m for m in n.all_input_nodes if m in symbol_of)
-    return sorted(seen, key=_order(node.graph))
+    return sorted(seen, key=position.__getitem__)
 
 
-def _order(graph):
-    index = {n: i for i, n in enumerate(graph.nodes)}
-    return index.__getitem__
-
-
-def _worth_a_table(node, symbol_of) -> bool:
-    return any(n.op == "call_function" and n.target not in _DATA_MOVEMENT for n in _cone(node, symbol_of))
-
-
-def _evaluate(node, length: int, symbol_of, rw: Rewriter):
-    """``node``'s value when its dimension is ``length``."""
+def _evaluate(cone, length: int, rw: Rewriter):
+    """The value of the cone's last node when its dimension is ``length``."""
     values: dict[torch.fx.Node, object] = {}
-    for n in _cone(node, symbol_of):
+    for n in cone:
         if n.op == "get_attr":
             values[n] = rw.constant(n)
         elif n.target is aten.sym_size.int:
@@ -186,12 +175,12 @@ def _evaluate(node, length: int, symbol_of, rw: Rewriter):
             kwargs = torch.fx.node.map_arg(n.kwargs, values.__getitem__)
             with torch.no_grad():
                 values[n] = n.target(*args, **kwargs)
-    return values[node]
+    return values[cone[-1]]
 
 
-def _first_mismatch(node, table, dims, symbol_of, rw: Rewriter, lengths) -> int | None:
+def _first_mismatch(cone, table, dims, rw: Rewriter, lengths) -> int | None:
     for length in lengths:
-        direct = _evaluate(node, length, symbol_of, rw)
+        direct = _evaluate(cone, length, rw)
         sliced = table
         for d in dims:
             sliced = sliced.narrow(d, 0, length)
@@ -203,9 +192,9 @@ def _first_mismatch(node, table, dims, symbol_of, rw: Rewriter, lengths) -> int 
     return None
 
 
-def _length_node(node, sym, symbol_of) -> torch.fx.Node:
-    """A node of the graph, computed before ``node``, whose value is the dimension's length."""
-    for n in _cone(node, symbol_of):
+def _length_node(cone, sym, symbol_of) -> torch.fx.Node:
+    """A node of the cone (so computed before its last node) whose value is the dimension's length."""
+    for n in cone:
         if n.op == "call_function" and n.target is aten.sym_size.int and symbol_of[n] == sym:
             return n
-    raise AssertionError(f"%{node.name} depends on {sym} but no sym_size node of it precedes it")
+    raise AssertionError(f"%{cone[-1].name} depends on {sym} but no sym_size node of it precedes it")
