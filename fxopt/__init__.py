@@ -3,7 +3,8 @@
     compiled = fxopt.compile(model, example_inputs)      # capture → passes → Inductor
     compiled(**inputs)                                    # same outputs as model(**inputs)
 
-Public API: :func:`compile`; writing passes: :func:`graph_pass`, :func:`node_rewrite`,
+Public API: :func:`compile`; one graph at a time: :func:`compile_graph` (with a :class:`ConstantPool`
+shared by a model's graphs); writing passes: :func:`graph_pass`, :func:`node_rewrite`,
 :class:`Rewriter`, :class:`PassResult`; running them: :class:`PassManager` and its instruments;
 the IR: :mod:`fxopt.ir`; errors: :class:`FxoptError` and its subclasses.
 """
@@ -13,7 +14,9 @@ from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.rewriter import Rewriter, node_rewrite
 from fxopt.pattern import Match, PatternError, PatternRule, pattern_pass
 from fxopt.pass_manager import Instrument, NumericCheck, PassManager, PrintAfter, Timing, Verify
-from fxopt.pipeline import DEFAULT_PIPELINE, build_pipeline, parse_spec
+from fxopt.pipeline import DEFAULT_PIPELINE, build_pipeline, format_spec, parse_spec
+from fxopt.constant_pool import ConstantPool
+from fxopt.compiled_graph import CompiledGraph, CompileOptions, compile_graph
 from fxopt.api import CompileReport, compile  # noqa: A004 - fxopt.compile is the product's name
 from fxopt import passes  # noqa: E402,F401 - the pass library, after the API it is written with
 
@@ -23,7 +26,8 @@ __all__ = [
     "compile", "CompileReport",
     "graph_pass", "node_rewrite", "pattern_pass", "PatternRule", "PatternError", "Match", "GraphPass", "PassContext", "PassResult", "Rewriter",
     "PassManager", "Instrument", "NumericCheck", "PrintAfter", "Timing", "Verify",
-    "DEFAULT_PIPELINE", "build_pipeline", "parse_spec",
+    "DEFAULT_PIPELINE", "build_pipeline", "parse_spec", "format_spec",
+    "compile_graph", "CompiledGraph", "CompileOptions", "ConstantPool",
     "FxoptError", "CaptureError", "InputError", "NumericsError", "PassError", "PipelineSpecError",
     "VerificationError",
 ]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fxopt.cost.roofline import cache_path as _peaks_cache_path
+from fxopt.machine import cache_file
 
 BACKENDS = ("onednn", "mkl")
 
@@ -31,8 +31,7 @@ def available() -> bool:
 
 
 def cache_path() -> Path:
-    peaks = _peaks_cache_path()
-    return peaks.with_name(peaks.name.replace("machine-", "gemm-"))
+    return cache_file("gemm")
 
 
 def _median_ms(fn, reps: int) -> float:

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import torch
 
+from fxopt.pass_options import convert, option_hints
+
 
 @dataclass
 class PassResult:
@@ -45,9 +47,23 @@ class PassContext:
         self.diagnostics.append(message)
 
 
+#: Stages of the pipeline. ``portable`` passes rewrite the graph the same way on every machine (an artifact can
+#: keep their result); ``target`` passes make choices measured on this machine (GEMM library, kernels), are run
+#: after every portable pass, and are recorded with the machine key they used.
+STAGES = ("portable", "target")
+
+#: A pass's numerics contract (``GraphPass.tolerance``): ``"exact"`` keeps the outputs within the pipeline's
+#: ``numeric_rtol`` of the reference; a float is a lossy pass's own bound on the relative change it may make
+#: to the outputs of the graph before it; ``"budget"`` defers a lossy pass to the accuracy budget measured end
+#: to end (the per-pass check then only requires finite outputs). After a lossy pass the numeric check takes
+#: its outputs as the new reference, so later exact passes are held to the usual tolerance.
+TOLERANCES = ("exact", "budget")
+
+
 @dataclass(frozen=True)
 class GraphPass:
-    """A pass: a name, a function, an options dataclass, an optimization level and ordering constraints."""
+    """A pass: a name, a function, an options dataclass, an optimization level, ordering constraints, the
+    stage it belongs to and its numerics contract."""
 
     name: str
     fn: Callable[[torch.fx.GraphModule, PassContext], PassResult | None]
@@ -55,6 +71,19 @@ class GraphPass:
     level: int = 1
     after: tuple[str, ...] = ()
     before: tuple[str, ...] = ()
+    stage: str = "portable"
+    tolerance: float | str = "exact"
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"pass {self.name!r}: stage must be one of {STAGES}, got {self.stage!r}")
+        if not (self.tolerance in TOLERANCES or (isinstance(self.tolerance, float) and self.tolerance > 0)):
+            raise ValueError(f"pass {self.name!r}: tolerance must be 'exact', 'budget' or a positive float, "
+                             f"got {self.tolerance!r}")
+
+    @property
+    def lossy(self) -> bool:
+        return self.tolerance != "exact"
 
     @property
     def summary(self) -> str:
@@ -65,17 +94,18 @@ class GraphPass:
         return self.options() if self.options is not None else None
 
     def make_options(self, **values):
-        """Options from keyword values (strings are converted to the field's type, for text specs)."""
+        """Options from keyword values; strings and lists of strings (from text specs) are converted to each
+        field's type hint (see :mod:`fxopt.pass_options`)."""
         if self.options is None:
             if values:
                 raise TypeError(f"pass {self.name!r} takes no options, got {sorted(values)}")
             return None
-        fields = {f.name: f for f in dataclasses.fields(self.options)}
-        unknown = set(values) - set(fields)
+        hints = option_hints(self.options)
+        unknown = set(values) - set(hints)
         if unknown:
             raise TypeError(f"pass {self.name!r} has no option {', '.join(sorted(unknown))}; "
-                            f"its options are {', '.join(fields) or 'none'}")
-        converted = {k: _convert(v, fields[k].type, self.options) for k, v in values.items()}
+                            f"its options are {', '.join(hints) or 'none'}")
+        converted = {k: convert(v, hints[k], where=f"option {k!r}") for k, v in values.items()}
         return self.options(**converted)
 
     def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext | None = None) -> PassResult:
@@ -88,34 +118,20 @@ class GraphPass:
 
 
 def graph_pass(name: str, *, options: type | None = None, level: int = 1,
-               after: tuple[str, ...] = (), before: tuple[str, ...] = ()):
+               after: tuple[str, ...] = (), before: tuple[str, ...] = (), stage: str = "portable",
+               tolerance: float | str = "exact"):
     """Decorator: turn ``fn(gm, ctx) -> PassResult | None`` into a :class:`GraphPass`.
 
     ``level`` is the lowest optimization level that runs the pass by default (``opt_level=0`` runs none);
-    ``after``/``before`` name passes this one must follow or precede when both are in a pipeline.
+    ``after``/``before`` name passes this one must follow or precede when both are in a pipeline;
+    ``stage`` is ``"portable"`` or ``"target"`` (machine-specific choices, see :data:`STAGES`);
+    ``tolerance`` is the numerics contract (see :data:`TOLERANCES`).
     """
     if options is not None and not dataclasses.is_dataclass(options):
         raise TypeError(f"options of pass {name!r} must be a dataclass type, got {options!r}")
 
     def wrap(fn) -> GraphPass:
-        return GraphPass(name=name, fn=fn, options=options, level=level, after=tuple(after), before=tuple(before))
+        return GraphPass(name=name, fn=fn, options=options, level=level, after=tuple(after), before=tuple(before),
+                         stage=stage, tolerance=tolerance)
 
     return wrap
-
-
-def _convert(value, annotation, owner):
-    if not isinstance(value, str):
-        return value
-    hint = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    hint = hint.split("|")[0].strip()
-    if hint == "bool":
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{value!r} is not a boolean (use true/false)")
-    if hint == "int":
-        return int(value)
-    if hint == "float":
-        return float(value)
-    return value

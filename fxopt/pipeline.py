@@ -2,9 +2,12 @@
 
 Spec syntax (API and CLI alike)::
 
-    eliminate-dead-nodes,fold-constants,insert-quant{mode=int8,skip=lm_head}
+    eliminate-dead-nodes,fold-constants,select-gemm-backend{margin=0.05,refresh=true}
+    insert-quant{mode=int8,skip=[lm_head,down_proj]}
 
-Each entry is a pass name, optionally with ``{option=value,...}`` for the pass's options dataclass.
+Each entry is a pass name, optionally with ``{option=value,...}`` for the pass's options dataclass; a value
+is a bare word, a quoted string or a ``[list, of, values]``, converted by the option's type hint
+(:mod:`fxopt.pass_options`). :func:`format_spec` prints a resolved pipeline back as a spec.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import re
 from typing import Any, Sequence
 
 from fxopt.errors import PipelineSpecError
-from fxopt.graph_pass import GraphPass
+from fxopt.graph_pass import STAGES, GraphPass
+from fxopt.pass_options import changed_options, format_value
 from fxopt.registry import get_pass
 
 # The default pipeline, in the order it runs. Each step names a pass of the library in passes/; a pass runs
@@ -30,29 +34,139 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "select-gemm-backend",             # each linear on the GEMM library measured fastest here (oneDNN or MKL)
 )
 
-_ENTRY = re.compile(r"\s*([A-Za-z0-9_.\-]+)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
+class _SpecReader:
+    """A small recursive-descent reader of the spec syntax, with errors that say what is missing where."""
+
+    def __init__(self, spec: str):
+        self.text = spec
+        self.pos = 0
+
+    def fail(self, message: str, at: int | None = None) -> PipelineSpecError:
+        at = self.pos if at is None else at
+        pointer = f"\n  {self.text}\n  {' ' * at}^"
+        return PipelineSpecError(f"pipeline spec, position {at}: {message}{pointer}")
+
+    def skip_space(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
+    def peek(self) -> str:
+        self.skip_space()
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def word(self, what: str, pattern: re.Pattern | None = None) -> str:
+        self.skip_space()
+        m = (pattern or _WORD).match(self.text, self.pos)
+        if not m:
+            found = repr(self.text[self.pos]) if self.pos < len(self.text) else "the end of the spec"
+            raise self.fail(f"expected {what}, found {found}")
+        self.pos = m.end()
+        return m.group(0).strip()
+
+    def entries(self) -> list[tuple[str, dict[str, Any]]]:
+        entries = []
+        while True:
+            name = self.word("a pass name", _NAME)
+            options: dict[str, Any] = {}
+            if self.peek() == "{":
+                opened = self.pos
+                self.pos += 1
+                options = self.options(name, opened)
+            entries.append((name, options))
+            nxt = self.peek()
+            if nxt == "":
+                return entries
+            if nxt != ",":
+                raise self.fail(f"expected ',' between passes after {name!r}, found {nxt!r}")
+            self.pos += 1
+
+    def options(self, name: str, opened: int) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        while True:
+            if self.peek() == "}":
+                self.pos += 1
+                return options
+            if self.peek() == "":
+                raise self.fail(f"the options of pass {name!r} opened with '{{' here are never closed: add '}}'",
+                                opened)
+            key = self.word(f"an option name of pass {name!r}", _NAME)
+            if self.peek() != "=":
+                raise self.fail(f"option {key!r} of pass {name!r} needs a value: {key}=VALUE")
+            self.pos += 1
+            if key in options:
+                raise self.fail(f"option {key!r} of pass {name!r} is given twice")
+            options[key] = self.value(f"the value of {name}.{key}")
+            nxt = self.peek()
+            if nxt == ",":
+                self.pos += 1
+            elif nxt != "}":
+                if nxt == "":
+                    raise self.fail(f"the options of pass {name!r} opened with '{{' here are never closed: "
+                                    "add '}'", opened)
+                raise self.fail(f"expected ',' or '}}' after option {key!r} of pass {name!r}, found {nxt!r}")
+
+    def value(self, what: str):
+        c = self.peek()
+        if c == "[":
+            opened = self.pos
+            self.pos += 1
+            items = []
+            while self.peek() != "]":
+                if self.peek() == "":
+                    raise self.fail(f"the list in {what} opened with '[' here is never closed: add ']'", opened)
+                items.append(self.value(what))
+                if self.peek() == ",":
+                    self.pos += 1
+                elif self.peek() not in ("]", ""):
+                    raise self.fail(f"expected ',' or ']' in the list of {what}, found {self.peek()!r}")
+            self.pos += 1
+            return items
+        if c in ("'", '"'):
+            start = self.pos
+            self.pos += 1
+            out = []
+            while self.pos < len(self.text) and self.text[self.pos] != c:
+                if self.text[self.pos] == "\\" and self.pos + 1 < len(self.text):
+                    self.pos += 1
+                out.append(self.text[self.pos])
+                self.pos += 1
+            if self.pos >= len(self.text):
+                raise self.fail(f"the quoted string in {what} is never closed: add {c}", start)
+            self.pos += 1
+            return "".join(out)
+        return self.word(what)
 
 
-def parse_spec(spec: str) -> list[tuple[str, dict[str, str]]]:
-    """``"a,b{x=1,y=two}"`` → ``[("a", {}), ("b", {"x": "1", "y": "two"})]``."""
-    entries: list[tuple[str, dict[str, str]]] = []
-    pos = 0
-    spec = spec.strip()
-    while pos < len(spec):
-        m = _ENTRY.match(spec, pos)
-        if not m or m.end() == pos:
-            raise PipelineSpecError(f"cannot parse pipeline spec {spec!r} at position {pos}: "
-                                    f"{spec[pos:pos + 20]!r} (expected name or name{{key=value,...}})")
-        name, body = m.group(1), m.group(2)
-        options: dict[str, str] = {}
-        for item in filter(None, (s.strip() for s in (body or "").split(","))):
-            if "=" not in item:
-                raise PipelineSpecError(f"option {item!r} of pass {name!r} is not key=value")
-            key, value = (s.strip() for s in item.split("=", 1))
-            options[key] = value
-        entries.append((name, options))
-        pos = m.end()
-    return entries
+_NAME = re.compile(r"[A-Za-z0-9_.\-:]+")
+_WORD = re.compile(r"[^,{}\[\]=\s'\"][^,{}\[\]=]*")
+
+
+def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    """``"a,b{x=1,y=[p,q]}"`` → ``[("a", {}), ("b", {"x": "1", "y": ["p", "q"]})]``.
+
+    Values stay strings (lists of strings for ``[...]``); the pass's option types convert them
+    (:meth:`GraphPass.make_options`). Quote a value that contains ``, { } [ ] =``: ``name="a,b"``.
+    """
+    if not spec.strip():
+        raise PipelineSpecError("the pipeline spec is empty; name at least one pass")
+    return _SpecReader(spec).entries()
+
+
+def format_spec(pipeline: Sequence[tuple[GraphPass, Any]]) -> str:
+    """The spec text of a resolved pipeline: every pass, with the options that differ from their defaults.
+    ``build_pipeline(format_spec(p))`` gives the same passes with equal options."""
+    parts = []
+    for p, options in pipeline:
+        changed = changed_options(options)
+        body = ",".join(f"{k}={format_value(v)}" for k, v in changed.items())
+        parts.append(f"{p.name}{{{body}}}" if body else p.name)
+    return ",".join(parts)
+
+
+def split_stages(pipeline: Sequence[tuple[GraphPass, Any]]) -> dict[str, list[tuple[GraphPass, Any]]]:
+    """The pipeline's passes by stage, each in pipeline order: ``{"portable": [...], "target": [...]}``.
+    Target passes always run after every portable one."""
+    return {stage: [(p, o) for p, o in pipeline if p.stage == stage] for stage in STAGES}
 
 
 def build_pipeline(

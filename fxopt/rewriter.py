@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.fx
 
+from fxopt.constant_pool import pool_of
 from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.ir.meta import infer_meta
 from fxopt.ir.printer import format_node
@@ -67,11 +68,14 @@ class Rewriter:
         self.edits += 1
 
     def update(self, node: torch.fx.Node, *, args: tuple | None = None, kwargs: dict | None = None) -> None:
-        """Change a node's arguments in place (same target), recorded as an edit."""
+        """Change a node's arguments in place (same target), recorded as an edit; its metadata is recomputed
+        (users whose shapes then change are caught by ``verify(gm, deep=True)``)."""
         if args is not None:
             node.args = tuple(args)
         if kwargs is not None:
             node.kwargs = dict(kwargs)
+        if node.op == "call_function":
+            infer_meta(self.gm, node)
         self.edits += 1
 
     def erase(self, node: torch.fx.Node) -> None:
@@ -89,14 +93,23 @@ class Rewriter:
         self.edits += 1
         return new
 
-    def add_constant(self, name_hint: str, tensor: torch.Tensor, *, before: torch.fx.Node) -> torch.fx.Node:
-        """Register ``tensor`` as a buffer of the graph module and return a ``get_attr`` node for it."""
+    def add_constant(self, name_hint: str, tensor: torch.Tensor | Callable[[], torch.Tensor], *,
+                     before: torch.fx.Node, key: tuple | None = None) -> torch.fx.Node:
+        """Register a constant as a buffer of the graph module and return a ``get_attr`` node for it.
+
+        ``tensor`` is the value or a function that builds it. With ``key`` (a recipe name and the source
+        tensors, e.g. ``("cat", w_q, w_k, w_v)``) the value comes from the model's constant pool when the
+        graph has one: built once, shared by every graph compiled from the model (:mod:`fxopt.constant_pool`).
+        """
+        pool = pool_of(self.gm)
+        build = tensor if callable(tensor) else (lambda: tensor)
+        tensor = pool.get(key, build) if (pool is not None and key is not None) else build().detach().contiguous()
         base = OWN_CONSTANT_PREFIX + "".join(c if c.isalnum() else "_" for c in name_hint)
         name, i = base, 0
         while hasattr(self.gm, name):
             i += 1
             name = f"{base}_{i}"
-        self.gm.register_buffer(name, tensor.detach().contiguous())
+        self.gm.register_buffer(name, tensor)
         with self.graph.inserting_before(before):
             node = self.graph.get_attr(name)
         infer_meta(self.gm, node)
@@ -141,7 +154,8 @@ NodeFn = Callable[[torch.fx.Node, Rewriter], Any]
 
 
 def node_rewrite(name: str, *, options: type | None = None, level: int = 1,
-                 after: tuple[str, ...] = (), before: tuple[str, ...] = ()):
+                 after: tuple[str, ...] = (), before: tuple[str, ...] = (), stage: str = "portable",
+                 tolerance: float | str = "exact"):
     """Decorator: a pass that calls ``fn(node, rewriter)`` (or ``fn(node, rewriter, options)``) on every
     ``call_function`` node in order; a non-``None`` return replaces the node. Unused nodes are removed
     at the end."""
@@ -162,7 +176,8 @@ def node_rewrite(name: str, *, options: type | None = None, level: int = 1,
 
         run.__doc__ = fn.__doc__
         run.__name__ = fn.__name__
-        return graph_pass(name, options=options, level=level, after=after, before=before)(run)
+        return graph_pass(name, options=options, level=level, after=after, before=before, stage=stage,
+                          tolerance=tolerance)(run)
 
     return wrap
 

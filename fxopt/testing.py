@@ -78,7 +78,7 @@ def check_pass(pass_or_name: GraphPass | str, fn_or_model: Callable | torch.nn.M
     ctx = PassContext(example_inputs=captured.example_inputs,
                       options=options if options is not None else p.default_options())
     result = p(gm, ctx)
-    verify(gm, context=f"after pass {p.name!r}")
+    verify(gm, context=f"after pass {p.name!r}", deep=True)  # also re-propagates shapes: no stale metadata
     after = format_graph(gm)
     # Eager runs on exactly the inputs the graph sees (capture may widen a batch of 1 to 2 for tracing).
     tensors = iter(captured.example_inputs)

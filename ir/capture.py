@@ -79,6 +79,10 @@ class CapturedModel:
     signature: inspect.Signature
     capture_seconds: float
     notes: list[str] = field(default_factory=list)
+    model_name: str = ""
+    #: The ExportedProgram the graph came from (shares the model's weights): what a saved artifact needs to
+    #: re-run the portable pipeline elsewhere.
+    exported: torch.export.ExportedProgram | None = None
 
     @property
     def tensor_slots(self) -> list[InputSlot]:
@@ -124,13 +128,22 @@ def capture(
     *,
     dynamic: bool = True,
     dims: dict[str, tuple[int, int]] | None = None,
+    dim_axes: dict[str, dict[int, str]] | None = None,
 ) -> CapturedModel:
     """Capture ``model`` called on the example inputs into fxopt's IR.
 
-    ``dynamic=True`` makes the batch dimension (dim 0 of every tensor) dynamic and, for Hugging Face
-    models or when ``dims`` names ``"seq"``, the sequence dimension (dim 1 of every tensor whose dim 1
-    equals the first input's) too. ``dims`` sets their ranges, e.g. ``{"batch": (1, 64), "seq": (2, 512)}``.
-    Raises :class:`fxopt.CaptureError` when ``torch.export`` cannot capture the model.
+    ``dynamic=True`` makes the batch dimension (dim 0 of every tensor whose dim 0 equals the first input's)
+    dynamic and, for Hugging Face models or when ``dims`` names ``"seq"``, the sequence dimension (dim 1 of every
+    tensor whose dim 1 equals the first input's) too. ``dims`` sets ranges, e.g. ``{"batch": (1, 64),
+    "seq": (2, 512)}``, and may name further dimensions. ``dim_axes`` says which axis of an input is which named
+    dimension, for inputs the automatic rule does not fit (a KV cache, a cache position)::
+
+        dim_axes={"input_ids": {0: "batch"}, "cache_position": {}, "past": {0: "batch", 2: "cache"}},
+        dims={"cache": (16, 2048)}
+
+    An input given there takes exactly those axes (``{}``: all static); an input whose value is a list or tuple
+    of tensors applies the same axes to each. Raises :class:`fxopt.CaptureError` when ``torch.export`` cannot
+    capture the model or the dims do not fit the example.
     """
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"fxopt.compile needs a torch.nn.Module, got {type(model).__name__}.")
@@ -149,10 +162,16 @@ def capture(
     if is_hf_model(model):
         named = _hf_inference_kwargs(model, signature, named, notes)
 
-    ranges = _dim_ranges(model, dims)
+    dim_axes = dict(dim_axes or {})
+    unknown_inputs = sorted(set(dim_axes) - set(named))
+    if unknown_inputs:
+        raise CaptureError(f"dim_axes names inputs the call does not have: {unknown_inputs}; "
+                           f"the inputs are {sorted(named)}")
+    ranges = _dim_ranges(model, dims, dim_axes)
     has_seq = is_hf_model(model) or "seq" in (dims or {})
-    user_sizes = _example_sizes(named, has_seq)
-    dyn_spec, named = _dynamic_spec(named, ranges, dynamic, user_sizes, notes=notes)
+    axes = _axes_of_inputs(named, has_seq, dim_axes) if dynamic else {}
+    user_sizes = _example_sizes(named, axes)
+    dyn_spec, named = _dynamic_spec(named, ranges, dynamic, user_sizes, axes, notes=notes)
 
     was_training = model.training
     model.eval()
@@ -170,8 +189,8 @@ def capture(
     flat, in_spec = pytree.tree_flatten(((), named))
     paths = [_path_name(path) for path, _ in pytree.tree_flatten_with_path(named)[0]]
     leaf_specs = [
-        (dyn_spec or {}).get(key) if isinstance(value, torch.Tensor) else None
-        for key, value in named.items() for _ in pytree.tree_leaves(value)
+        entry for key, value in named.items()
+        for entry, leaf in zip(_spec_leaves((dyn_spec or {}).get(key), value), pytree.tree_leaves(value))
     ]
     sym_names = _symbol_names(list(gm.graph.find_nodes(op="placeholder")), leaf_specs)
     _drop_constant_placeholders(gm)
@@ -191,6 +210,8 @@ def capture(
         signature=signature,
         capture_seconds=seconds,
         notes=notes,
+        model_name=type(model).__name__,
+        exported=exported,
     )
 
 
@@ -215,14 +236,21 @@ def _hf_inference_kwargs(model, signature, named: dict, notes: list[str]) -> dic
     return named
 
 
-def _dim_ranges(model, dims: dict[str, tuple[int, int]] | None) -> dict[str, tuple[int, int]]:
+def _dim_ranges(model, dims: dict[str, tuple[int, int]] | None, dim_axes: dict) -> dict[str, tuple[int, int]]:
     ranges = dict(DEFAULT_DIM_RANGES)
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(max_pos, int) and max_pos > 1:
         ranges["seq"] = (ranges["seq"][0], max_pos)
+    named_in_axes = {name for axes in dim_axes.values() for name in axes.values()}
+    for name in (dims or {}):
+        if name not in ranges and name not in named_in_axes:
+            raise CaptureError(f"dims names {name!r}, which no input has: name its axis in dim_axes= "
+                               f"(e.g. dim_axes={{'past': {{2: {name!r}}}}}), or use one of {sorted(ranges)}.")
+    missing = sorted(named_in_axes - set(ranges) - set(dims or {}))
+    if missing:
+        raise CaptureError(f"dim_axes names the dimension(s) {missing} without a range: give "
+                           f"dims={{{missing[0]!r}: (min, max)}}.")
     for name, rng in (dims or {}).items():
-        if name not in ranges:
-            raise CaptureError(f"unknown dynamic dimension {name!r} in dims=; fxopt knows {sorted(ranges)}.")
         lo, hi = rng
         if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
             raise CaptureError(f"dims[{name!r}]={rng!r} is not a range (min, max) with 1 <= min <= max.")
@@ -230,56 +258,96 @@ def _dim_ranges(model, dims: dict[str, tuple[int, int]] | None) -> dict[str, tup
     return ranges
 
 
-def _example_sizes(named: dict, has_seq: bool) -> dict[str, int]:
-    """The sizes the dynamic dimensions have in the user's example (before any widening for tracing)."""
+def _axes_of_inputs(named: dict, has_seq: bool, dim_axes: dict) -> dict[str, dict[int, str]]:
+    """Which axis of each input is which named dimension: ``dim_axes`` where given, else dim 0 is ``batch`` and
+    (with ``has_seq``) dim 1 is ``seq`` wherever they equal the first input's sizes."""
     first = next(v for v in named.values() if isinstance(v, torch.Tensor))
-    sizes = {"batch": int(first.shape[0])} if first.dim() >= 1 else {}
-    if has_seq and first.dim() >= 2:
-        sizes["seq"] = int(first.shape[1])
-    return sizes
+    batch = int(first.shape[0]) if first.dim() >= 1 else None
+    seq = int(first.shape[1]) if has_seq and first.dim() >= 2 else None
+    axes: dict[str, dict[int, str]] = {}
+    for key, value in named.items():
+        if key in dim_axes:
+            axes[key] = dict(dim_axes[key])
+            continue
+        if not isinstance(value, torch.Tensor):
+            continue
+        entry = {}
+        if batch is not None and value.dim() >= 1 and value.shape[0] == batch:
+            entry[0] = "batch"
+        if seq is not None and value.dim() >= 2 and value.shape[1] == seq:
+            entry[1] = "seq"
+        axes[key] = entry
+    return axes
 
 
-def _dynamic_spec(named: dict, ranges, dynamic: bool, sizes: dict[str, int], *, notes: list[str]):
+def _tensor_leaves(value) -> list[torch.Tensor]:
+    return [v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor)]
+
+
+def _example_sizes(named: dict, axes: dict[str, dict[int, str]]) -> dict[str, int]:
+    """The sizes the dynamic dimensions have in the user's example (before any widening for tracing); two
+    inputs that disagree on a named dimension are an error."""
+    sizes: dict[str, tuple[int, str]] = {}
+    for key, entry in axes.items():
+        for leaf in _tensor_leaves(named[key]):
+            for axis, name in entry.items():
+                if axis >= leaf.dim():
+                    raise CaptureError(f"dim_axes gives input {key!r} an axis {axis} ({name}), but it has "
+                                       f"{leaf.dim()} dimensions {tuple(leaf.shape)}")
+                size = int(leaf.shape[axis])
+                seen = sizes.setdefault(name, (size, key))
+                if seen[0] != size:
+                    raise CaptureError(f"inputs {seen[1]!r} and {key!r} disagree on the dimension {name!r}: "
+                                       f"{seen[0]} vs {size}")
+    return {name: size for name, (size, _) in sizes.items()}
+
+
+def _spec_leaves(spec, value) -> list:
+    """The dynamic-shape entry of every leaf of one input (a list spec per leaf, or one dict for all)."""
+    leaves = pytree.tree_leaves(value)
+    if isinstance(spec, (list, tuple)):
+        return list(spec)
+    return [spec if isinstance(leaf, torch.Tensor) else None for leaf in leaves]
+
+
+def _dynamic_spec(named: dict, ranges, dynamic: bool, sizes: dict[str, int], axes: dict[str, dict[int, str]], *,
+                  notes: list[str]):
     """Build export's ``dynamic_shapes`` for ``named`` and return it with (possibly widened) examples.
 
     Export specializes a size-1 dimension to 1, so an example batch of 1 is repeated to 2 for tracing
-    only (the compiled code still accepts batch 1). A sequence of length 1 cannot be widened that way.
+    only (the compiled code still accepts batch 1). Any other dimension must be at least 2 in the example.
     """
     if not dynamic:
         return None, named
-    batch, seq_len = sizes.get("batch"), sizes.get("seq")
-    dims = {
-        "batch": Dim("batch", min=ranges["batch"][0], max=ranges["batch"][1]),
-        "seq": Dim("seq", min=ranges["seq"][0], max=ranges["seq"][1]),
-    }
-    spec: dict[str, Any] = {}
-    for key, value in named.items():
-        if not isinstance(value, torch.Tensor):
-            spec[key] = None
-            continue
-        entry = {}
-        if value.dim() >= 1 and value.shape[0] == batch:
-            entry[0] = dims["batch"]
-        if seq_len is not None and value.dim() >= 2 and value.shape[1] == seq_len:
-            entry[1] = dims["seq"]
-        spec[key] = entry or None
-    for name, dim_index, size in (("batch", 0, batch), ("seq", 1, seq_len)):
-        if size is None:
-            continue
+    for name, size in sizes.items():
         lo, hi = ranges[name]
         if not lo <= size <= hi and size != 1:
             raise CaptureError(f"the example's {name} size {size} lies outside dims[{name!r}]=({lo}, {hi}).")
-    if batch == 1:
-        named = {
-            k: (v.repeat_interleave(2, dim=0) if isinstance(spec.get(k), dict) and 0 in spec[k] else v)
-            for k, v in named.items()
-        }
+    dims = {name: Dim(name, min=ranges[name][0], max=ranges[name][1]) for name in sizes}
+    spec: dict[str, Any] = {}
+    for key, value in named.items():
+        entry = {axis: dims[name] for axis, name in axes.get(key, {}).items()} or None
+        if isinstance(value, torch.Tensor):
+            spec[key] = entry
+        elif isinstance(value, (list, tuple)) and key in axes:
+            spec[key] = type(value)(entry if isinstance(v, torch.Tensor) else None for v in value)
+        else:
+            spec[key] = None
+    if sizes.get("batch") == 1:
+        def widen(v, entry):
+            if not isinstance(v, torch.Tensor) or not entry:
+                return v
+            axis = next((a for a, d in entry.items() if d.__name__ == "batch"), None)
+            return v if axis is None else v.repeat_interleave(2, dim=axis)
+
+        named = {k: (type(v)(widen(x, e) for x, e in zip(v, spec[k])) if isinstance(spec[k], (list, tuple))
+                     else widen(v, spec[k])) for k, v in named.items()}
         notes.append("the example batch of 1 was repeated to 2 for tracing, so that batch stays dynamic")
-    if seq_len == 1:
-        raise CaptureError(
-            "the example sequence has length 1, which torch.export would specialize; give an example of "
-            "at least 2 tokens (the compiled model still accepts shorter ones down to dims['seq'][0])."
-        )
+    for name, size in sizes.items():
+        if size == 1 and name != "batch":
+            raise CaptureError(
+                f"the example's {name} has size 1, which torch.export would specialize; give an example of "
+                f"at least 2 (the compiled model still accepts sizes down to dims[{name!r}][0]).")
     return spec, named
 
 

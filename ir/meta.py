@@ -75,28 +75,43 @@ def fake_mode_of(gm: torch.fx.GraphModule):
 
 def infer_meta(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
     """Compute ``node.meta["val"]`` by running its target on its inputs' fake values."""
+    node.meta["val"] = propagate(gm, node, fill_inputs=True)
+
+
+def propagate(gm: torch.fx.GraphModule, node: torch.fx.Node, *, fill_inputs: bool = False):
+    """The value ``node`` computes from its inputs' ``meta["val"]`` (fake tensors), without storing it.
+    ``fill_inputs`` first infers the metadata of inputs that have none."""
     mode = fake_mode_of(gm)
     if node.op == "get_attr":
         real = _attr(gm, node.target)
-        node.meta["val"] = mode.from_tensor(real, static_shapes=True) if mode else real
-        return
+        return mode.from_tensor(real, static_shapes=True) if mode and isinstance(real, torch.Tensor) else real
     if node.op != "call_function":
-        return
+        return node.meta.get("val")
 
     def to_val(a):
         if isinstance(a, torch.fx.Node):
-            if "val" not in a.meta:
+            if "val" not in a.meta and fill_inputs:
                 infer_meta(gm, a)
-            return a.meta["val"]
+            return a.meta.get("val")
         return a
 
     args = torch.fx.node.map_aggregate(node.args, to_val)
     kwargs = torch.fx.node.map_aggregate(node.kwargs, to_val)
     if mode is None:
-        node.meta["val"] = node.target(*args, **kwargs)
-        return
+        return node.target(*args, **kwargs)
     with mode:
-        node.meta["val"] = node.target(*args, **kwargs)
+        return node.target(*args, **kwargs)
+
+
+def same_type(a, b) -> bool:
+    """Two metadata values agree on structure, dtype and (symbolic) shape."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype and a.dim() == b.dim() and all(str(x) == str(y) for x, y in zip(a.shape, b.shape))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(same_type(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
+        return str(a) == str(b)
+    return type(a) is type(b)
 
 
 def _attr(gm, target: str):

@@ -3,19 +3,24 @@
 1. ``Graph.lint()`` holds (topological order, every argument defined, targets exist);
 2. every placeholder, ``get_attr`` and ``call_function`` node carries ``meta["val"]``;
 3. no dead node: every non-output node that is pure has a user;
-4. the outputs keep the captured structure: same count, and each output's dtype and rank.
+4. the outputs keep the captured structure: same count, and each output's dtype and rank;
+5. with ``deep=True``: every node's ``meta["val"]`` is what fake-tensor propagation computes from its inputs'
+   (a pass that changed a node's arguments and left its metadata stale is caught here).
 """
 from __future__ import annotations
+
+import operator
 
 import torch
 import torch.fx
 
 from fxopt.errors import VerificationError
+from fxopt.ir.meta import format_type, propagate, same_type, symbol_map
 from fxopt.ir.printer import format_node
 
 
 
-def find_problems(gm: torch.fx.GraphModule) -> list[str]:
+def find_problems(gm: torch.fx.GraphModule, *, deep: bool = False) -> list[str]:
     """Every broken invariant as one line (empty when the graph is well formed)."""
     problems: list[str] = []
     try:
@@ -38,12 +43,31 @@ def find_problems(gm: torch.fx.GraphModule) -> list[str]:
                 got = (str(val.dtype), val.dim()) if isinstance(val, torch.Tensor) else None
                 if exp is not None and got is not None and got != tuple(exp):
                     problems.append(f"output {i} changed from {exp[0]} rank {exp[1]} to {got[0]} rank {got[1]}")
+    if deep and not problems:
+        problems.extend(_stale_metadata(gm))
     return problems
 
 
-def verify(gm: torch.fx.GraphModule, *, context: str = "") -> None:
+def _stale_metadata(gm: torch.fx.GraphModule) -> list[str]:
+    problems = []
+    symbols = symbol_map(gm)
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target is operator.getitem:
+            continue
+        try:
+            fresh = propagate(gm, node)
+        except Exception as e:  # noqa: BLE001 - an op that no longer accepts its inputs is a problem too
+            problems.append(f"shape propagation fails ({type(e).__name__}: {str(e).splitlines()[0][:120]}) on: "
+                            f"{format_node(node)}")
+            continue
+        if not same_type(fresh, node.meta.get("val")):
+            problems.append(f"stale meta['val'] (propagation gives {format_type(fresh, symbols)}) on: {format_node(node)}")
+    return problems
+
+
+def verify(gm: torch.fx.GraphModule, *, context: str = "", deep: bool = False) -> None:
     """Raise :class:`fxopt.VerificationError` listing every broken invariant of ``gm``."""
-    problems = find_problems(gm)
+    problems = find_problems(gm, deep=deep)
     if problems:
         where = f" {context}" if context else ""
         shown = "\n  ".join(problems[:20])

@@ -21,19 +21,8 @@ import torch
 import torch.fx
 
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
+from fxopt.ir.ops import is_pure
 from fxopt.rewriter import Rewriter
-
-
-def is_pure(node: torch.fx.Node) -> bool:
-    """True when running ``node`` twice on the same inputs gives the same result and changes nothing."""
-    if node.op != "call_function" or node.is_impure():
-        return False
-    target = node.target
-    if isinstance(target, torch._ops.OpOverload):
-        if target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags:
-            return False
-        return "dropout" not in target.name()
-    return getattr(target, "__module__", "") in ("_operator", "operator")
 
 
 def _key(value):

@@ -24,20 +24,10 @@ from __future__ import annotations
 import torch
 
 from fxopt.ir.meta import tensor_val
+from fxopt.ir.ops import ALIASES, ASSERTIONS, CONVERSIONS, IDENTITY_SCALAR, VIEWS
 from fxopt.rewriter import node_rewrite
 
 aten = torch.ops.aten
-
-ASSERTIONS = {
-    aten._assert_tensor_metadata.default, aten._assert_scalar.default, aten._assert_async.msg,
-    aten.sym_constrain_range_for_size.default, aten.sym_constrain_range.default,
-}
-CONVERSIONS = {aten.to.dtype, aten.to.dtype_layout, aten.to.device, aten._to_copy.default}
-VIEWS = {aten.view.default, aten.reshape.default, aten.expand.default, aten.slice.Tensor,
-         aten._unsafe_view.default}
-ALIASES = {aten.alias.default, aten.detach.default}
-IDENTITY_SCALAR = {aten.add.Tensor: 0, aten.sub.Tensor: 0, aten.mul.Tensor: 1, aten.div.Tensor: 1}
-
 
 def _same_type(a, b) -> bool:
     """Same dtype, device and (symbolic) shape."""

@@ -24,7 +24,7 @@ import torch
 import torch.fx
 
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
-from fxopt.passes.eliminate_common_subexpressions import is_pure
+from fxopt.ir.ops import is_pure
 from fxopt.rewriter import Rewriter
 
 

@@ -40,19 +40,10 @@ import torch.fx
 
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
 from fxopt.ir.meta import fake_mode_of, size_expr, tensor_val
-from fxopt.passes.eliminate_common_subexpressions import is_pure
+from fxopt.ir.ops import DATA_MOVEMENT, is_pure
 from fxopt.rewriter import Rewriter
 
 aten = torch.ops.aten
-
-#: Ops that only move or relabel data; a table built from nothing else is not worth a constant.
-_DATA_MOVEMENT = {
-    aten.arange.default, aten.arange.start, aten.arange.start_step, aten.slice.Tensor, aten.unsqueeze.default,
-    aten.squeeze.dim, aten.view.default, aten.reshape.default, aten.expand.default, aten.transpose.int,
-    aten.permute.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten._to_copy.default,
-    aten.clone.default, aten.sym_size.int,
-}
-
 
 @dataclass
 class PositionTableOptions:
@@ -73,7 +64,7 @@ def fold_position_tables(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
     for node in [n for n, sym in symbol_of.items() if sym is not None and n.op == "call_function"
                  and n.target is not aten.sym_size.int and any(u not in symbol_of for u in n.users)]:
         cone = _cone(node, symbol_of, position)
-        if all(n.op != "call_function" or n.target in _DATA_MOVEMENT for n in cone):
+        if all(n.op != "call_function" or n.target in DATA_MOVEMENT for n in cone):
             continue  # only views of arange: not worth a constant
         sym = symbol_of[node]
         upper = int(mode.shape_env.var_to_range[sym].upper)

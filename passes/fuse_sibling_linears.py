@@ -2,7 +2,8 @@
 
 Fuses attention's q/k/v projections (BERT; Llama with grouped-query shapes, where k/v are narrower than q)
 and the gate/up pair of SwiGLU MLPs: one larger GEMM instead of two or three, reading the input once.
-The concatenated weight (and bias) is computed once at compile time.
+The concatenated weight (and bias) is computed once at compile time, and once per model: a second graph of
+the same model (a decode step) takes it from the model's constant pool.
 
 Before::
 
@@ -55,10 +56,12 @@ def fuse_sibling_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
             rw.count("groups not fused")
             continue
         first = min(linears, key=order.__getitem__)
-        weight = rw.add_constant(f"{first.name}_fused_weight", torch.cat(weights, 0), before=first)
+        weight = rw.add_constant(f"{first.name}_fused_weight", lambda: torch.cat(weights, 0), before=first,
+                                 key=("cat", *weights))
         args = [source, weight]
         if biases[0] is not None:
-            args.append(rw.add_constant(f"{first.name}_fused_bias", torch.cat(biases, 0), before=first))
+            args.append(rw.add_constant(f"{first.name}_fused_bias", lambda: torch.cat(biases, 0), before=first,
+                                        key=("cat", *biases)))
         fused = rw.call(aten.linear.default, tuple(args), before=first)
         sizes = [w.shape[0] for w in weights]
         split = rw.call(aten.split_with_sizes.default, (fused, sizes, -1), before=first)

@@ -63,7 +63,7 @@ def _rows_at_example(node, gm) -> int:
     return int(rows)
 
 
-@graph_pass("select-gemm-backend", options=GemmOptions,
+@graph_pass("select-gemm-backend", options=GemmOptions, stage="target",
             after=("fuse-sibling-linears", "fold-constants"))
 def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     """Move each linear to the GEMM library (oneDNN or MKL) measured fastest for its shape here."""
@@ -89,8 +89,9 @@ def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
         rw.count(backend)
         if backend == "onednn":
             continue
-        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
-        packed_node = rw.add_constant(f"{node.name}_mkl_packed", packed, before=node)
+        packed_node = rw.add_constant(f"{node.name}_mkl_packed",
+                                      lambda: torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), before=node,
+                                      key=("mkl-pack", weight, rows))
         new = rw.call(torch.ops.mkl._mkl_linear.default, (node.args[0], packed_node, node.args[1], bias_node, rows),
                       before=node)
         rw.replace(node, new)

@@ -78,7 +78,7 @@ def test_not_a_module_and_no_tensor_are_capture_errors():
 
 
 def test_bad_dims_are_capture_errors():
-    with pytest.raises(fxopt.CaptureError, match="unknown dynamic dimension 'time'"):
+    with pytest.raises(fxopt.CaptureError, match="dims names 'time', which no input has"):
         fxopt.compile(MLP(), torch.randn(2, 32), dims={"time": (1, 8)})
     with pytest.raises(fxopt.CaptureError, match="not a range"):
         fxopt.compile(MLP(), torch.randn(2, 32), dims={"batch": (8, 1)})
@@ -106,3 +106,42 @@ def test_wrong_inputs_at_call_time_are_input_errors():
         compiled([1.0] * 32)
     with pytest.raises(fxopt.InputError):
         compiled()
+
+
+class CacheStep(torch.nn.Module):
+    """A decode-step shaped model: one token, a position, and per-layer caches with a cache-length axis."""
+
+    def forward(self, x, position, caches):
+        scores = [torch.einsum("bd,bhcd->bhc", x, c).softmax(-1).sum(-1) for c in caches]
+        return torch.stack(scores, 0).sum(0) + position.float()
+
+
+def test_named_dims_at_any_axis_and_extra_tensor_inputs():
+    caches = [torch.randn(3, 2, 10, 8) for _ in range(2)]
+    args = {"x": torch.randn(3, 8), "position": torch.tensor([4]), "caches": caches}
+    cap = capture(CacheStep(), (), args, dims={"cache": (2, 32), "batch": (1, 8)},
+                  dim_axes={"x": {0: "batch"}, "position": {}, "caches": {0: "batch", 2: "cache"}})
+    shapes = {s.path: s.shape for s in cap.slots}
+    assert shapes == {"x": ("batch", 8), "position": (1,), "caches.0": ("batch", 2, "cache", 8),
+                      "caches.1": ("batch", 2, "cache", 8)}
+    assert set(cap.dims) == {"batch", "cache"} and cap.example_dims() == {"batch": 3, "cache": 10}
+    compiled = fxopt.compile(CacheStep(), (), example_kwargs=args, dims={"cache": (2, 32)},
+                             dim_axes={"x": {0: "batch"}, "position": {}, "caches": {0: "batch", 2: "cache"}})
+    other = {"x": torch.randn(1, 8), "position": torch.tensor([7]), "caches": [torch.randn(1, 2, 31, 8)] * 2}
+    torch.testing.assert_close(compiled(**other), CacheStep()(**other))
+    with pytest.raises(fxopt.InputError, match=r"cache\) is 40, outside the compiled range \[2, 32\]"):
+        compiled(**{**other, "caches": [torch.randn(1, 2, 40, 8)] * 2})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dim_axes": {"nope": {0: "batch"}}}, "dim_axes names inputs the call does not have"),
+    ({"dim_axes": {"caches": {2: "cache"}}}, "without a range: give dims"),
+    ({"dims": {"cache": (2, 32)}, "dim_axes": {"caches": {5: "cache"}}}, "has 4 dimensions"),
+    ({"dims": {"cache": (2, 32)}, "dim_axes": {"x": {1: "cache"}, "caches": {2: "cache"}}},
+     "disagree on the dimension 'cache'"),
+    ({"dims": {"kv": (2, 32)}}, "dims names 'kv', which no input has"),
+])
+def test_bad_dim_specs_are_clear(kwargs, message):
+    args = {"x": torch.randn(3, 8), "position": torch.tensor([4]), "caches": [torch.randn(3, 2, 10, 8)]}
+    with pytest.raises(fxopt.CaptureError, match=message):
+        capture(CacheStep(), (), args, **kwargs)

