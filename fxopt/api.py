@@ -16,6 +16,8 @@ from fxopt.compiled_graph import CompileOptions, compile_graph
 from fxopt.compiled_module import CompiledModule
 from fxopt.constant_pool import ConstantPool
 from fxopt.graph_pass import GraphPass
+from fxopt.decode_graphs import DEFAULT_MAX_CACHE_LEN, decode_pipeline
+from fxopt.generation import GenerationSetup, can_generate
 from fxopt.ir.capture import CapturedModel, capture
 from fxopt.memory import trim_heap
 from fxopt.pass_manager import Instrument
@@ -41,6 +43,9 @@ def compile(
     print_after: Sequence[str] | None = None,
     instruments: Sequence[Instrument] = (),
     verbose: bool = False,
+    max_cache_len: int = DEFAULT_MAX_CACHE_LEN,
+    max_batch: int = 16,
+    decode_precision: str = "fp32",
 ) -> CompiledModule:
     """Compile ``model`` for inference and return a module with the same call signature and outputs.
 
@@ -53,9 +58,14 @@ def compile(
     ``dim_axes={"past": {0: "batch", 2: "cache"}}, dims={"cache": (16, 2048)}``; see :func:`fxopt.ir.capture`).
     ``check_numerics`` runs the graph on the example inputs after every pass and names the pass that
     moved the outputs by more than ``numeric_rtol`` (``on_numeric_failure="skip"`` reverts it instead).
+    For causal LMs, ``generate()`` runs prefill and decode graphs with a static KV cache of ``max_cache_len``
+    slots for up to ``max_batch`` sequences, compiled through the same pipeline on its first call (or by
+    ``compiled.prepare_generation()``); ``decode_precision="int8-weight-only"`` quantizes the decode graph's
+    weights (:data:`fxopt.decode_graphs.DECODE_PRECISIONS`).
     """
     args, kwargs = _split_example(example_inputs, example_kwargs)
     pipeline = build_pipeline(passes, opt_level=opt_level, disable=disable)  # a bad spec fails before capture
+    decode_pipeline(pipeline, decode_precision)  # ... and so does an unknown decode precision
     options = CompileOptions(backend=backend, check_numerics=check_numerics, numeric_rtol=numeric_rtol,
                              on_numeric_failure=on_numeric_failure, verify=verify, print_after=print_after,
                              instruments=tuple(instruments), verbose=verbose)
@@ -65,7 +75,9 @@ def compile(
     graph = compile_graph(captured, pipeline, options, pool=pool)
     pool.release()  # the compiled code holds what it needs; nothing else keeps fxopt-made constants alive
     trim_heap()  # give the compilation's freed memory back to the OS (SmolLM2: 1,961 → 1,612 MB resident)
-    return CompiledModule(model, graph)
+    generation = (GenerationSetup(model, pipeline, options, max_cache_len, max_batch, decode_precision)
+                  if can_generate(model) else None)
+    return CompiledModule(model, graph, generation)
 
 
 def _split_example(example_inputs, example_kwargs) -> tuple[tuple, dict]:

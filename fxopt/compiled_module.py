@@ -10,17 +10,20 @@ import torch
 
 from fxopt.call_contract import CallContract
 from fxopt.compiled_graph import CompiledGraph
-from fxopt.generation import hf_generate
+from fxopt.generation import Generator, GenerationSetup, check_request, hf_generate
 
 
 class CompiledModule(torch.nn.Module):
     """A drop-in replacement for the compiled model (see the module docstring)."""
 
-    def __init__(self, original: torch.nn.Module, graph: CompiledGraph):
+    def __init__(self, original: torch.nn.Module, graph: CompiledGraph,
+                 generation: GenerationSetup | None = None):
         super().__init__()
         # Held outside nn.Module's registries: the original model's weights are not state of this module.
         object.__setattr__(self, "_original", original)
         object.__setattr__(self, "compiled_graph", graph)
+        object.__setattr__(self, "_generation", generation)
+        object.__setattr__(self, "generator", None)
         self.contract = CallContract(graph.captured)
 
     @property
@@ -48,9 +51,27 @@ class CompiledModule(torch.nn.Module):
         return self.contract.flat_inputs(args, kwargs)
 
     # -- Hugging Face compatibility -----------------------------------------------------------------
+    def prepare_generation(self) -> Generator:
+        """Compile the prefill and decode graphs now (``generate()`` does it on its first call)."""
+        if self.generator is None:
+            if self._generation is None:
+                raise AttributeError(f"{type(self._original).__name__} cannot generate: it has no causal LM head")
+            object.__setattr__(self, "generator", self._generation.build())
+        return self.generator
+
     def generate(self, *args, **kwargs):
-        """Hugging Face ``generate()`` over the compiled forward (see :mod:`fxopt.generation`)."""
-        return hf_generate(self._original, self.forward, *args, **kwargs)
+        """Hugging Face ``generate()`` semantics over compiled prefill and decode graphs with a KV cache
+        (:mod:`fxopt.generation`); compiled on the first call. ``compiled.generator.last_stats`` tells where the
+        time went."""
+        if self._generation is None:
+            return hf_generate(self._original, self.forward, *args, **kwargs)
+        if len(args) > 1:
+            raise TypeError("generate() takes input_ids as its only positional argument")
+        if args:
+            kwargs["input_ids"] = args[0]
+        if self.generator is None:  # a request that cannot run fails before the graphs are compiled
+            self._generation.check(kwargs)
+        return self.prepare_generation().generate(**kwargs)
 
     def __getattr__(self, name: str):
         try:

@@ -12,6 +12,8 @@ from fxopt.passes.fuse_attention import fuse_attention
 from fxopt.passes.fuse_layer_norm import fuse_layer_norm
 from fxopt.passes.fuse_rms_norm import fuse_rms_norm
 from fxopt.passes.fuse_sibling_linears import fuse_sibling_linears
+from fxopt.passes.quantize_weights_int4 import quantize_weights_int4
+from fxopt.passes.quantize_weights_int8 import quantize_weights_int8
 from fxopt.passes.select_gemm_backend import select_gemm_backend
 
 BUILTIN_PASSES = (
@@ -24,9 +26,12 @@ BUILTIN_PASSES = (
     fuse_rms_norm,
     fuse_attention,
     fuse_sibling_linears,
+    quantize_weights_int8,
+    quantize_weights_int4,
     select_gemm_backend,
 )
 
 __all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "canonicalize", "eliminate_common_subexpressions",
            "fold_constants", "fold_position_tables", "fuse_layer_norm", "fuse_rms_norm", "fuse_attention",
-           "fuse_sibling_linears", "select_gemm_backend"]
+           "fuse_sibling_linears", "quantize_weights_int8", "quantize_weights_int4",
+           "select_gemm_backend"]

@@ -201,5 +201,6 @@ def test_pass_contract_is_validated():
     with pytest.raises(ValueError, match="stage must be"):
         graph_pass("bad", stage="gpu")(lambda gm, ctx: None)
     assert fxopt.passes.select_gemm_backend.stage == "target"
+    assert fxopt.passes.quantize_weights_int8.tolerance == "budget"
     assert all(p.stage == "portable" and not p.lossy for p in fxopt.passes.BUILTIN_PASSES
-               if p.name != "select-gemm-backend")
+               if p.name not in ("select-gemm-backend", "quantize-weights-int8", "quantize-weights-int4"))

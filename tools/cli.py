@@ -2,6 +2,9 @@
 
     fxopt optimize minilm          compile a bundled model, print a before/after table
     fxopt bench                    eager vs torch.compile vs fxopt on the real models
+    fxopt bench --generate         generation: time to first token, decode tokens/s (SmolLM2)
+    fxopt generate smollm2 "What is the capital of France?"   stream an answer, then tokens/s
+    fxopt chat smollm2             talk to it (one compilation, then a prompt per line)
     fxopt dump minilm --format table   the graph, per node, after the pipeline (see fxopt dump -h)
     fxopt passes                   list the passes fxopt knows (its own and installed plugins)
 """
@@ -44,6 +47,66 @@ def _optimize(args) -> int:
     return 0
 
 
+#: Cache slots of ``fxopt generate``/``chat``: the prompt plus the answer must fit.
+CHAT_CACHE_LEN = 1024
+
+
+def _load_causal_lm(name: str):
+    from fxopt.models import load
+    import fxopt
+
+    if name != "smollm2":
+        raise SystemExit(f"fxopt: error: {name!r} is not a bundled causal LM; the bundled one is smollm2")
+    real = load(name)
+    print(f"[fxopt] compiling {name}'s forward, prefill and decode graphs (about a minute each the first time; "
+          "Inductor's cache makes it faster after)…", file=sys.stderr, flush=True)
+    compiled = fxopt.compile(real.model, real.inputs(1, 32), max_cache_len=CHAT_CACHE_LEN)
+    compiled.prepare_generation()
+    return real, compiled
+
+
+def _answer(real, compiled, text: str, args) -> None:
+    from transformers import TextStreamer
+
+    if args.raw:
+        inputs = real.tokenizer(text, return_tensors="pt")
+    else:
+        inputs = real.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                    return_tensors="pt", return_dict=True)
+    sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.sample else \
+        {"do_sample": False}
+    streamer = TextStreamer(real.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    compiled.generate(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                      max_new_tokens=args.max_new_tokens, streamer=streamer, **sampling)
+    stats = compiled.generator.last_stats
+    print(f"[fxopt] {stats.new_tokens} tokens; {stats.describe()}", file=sys.stderr, flush=True)
+
+
+def _generate(args) -> int:
+    real, compiled = _load_causal_lm(args.model)
+    _answer(real, compiled, args.prompt, args)
+    return 0
+
+
+def _chat(args) -> int:
+    real, compiled = _load_causal_lm(args.model)
+    print("[fxopt] ready: type a prompt and press Enter (an empty line or Ctrl-D ends)", file=sys.stderr, flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        _answer(real, compiled, line.strip(), args)
+    return 0
+
+
+def _add_generation_options(p) -> None:
+    p.add_argument("model", help="smollm2")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="default 128")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=0.7, help="with --sample (default 0.7)")
+    p.add_argument("--top-p", type=float, default=0.9, help="with --sample (default 0.9)")
+    p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the model's chat template")
+
+
 def _passes(args) -> int:
     from fxopt.pipeline import DEFAULT_PIPELINE
     from fxopt.registry import available_passes
@@ -72,10 +135,22 @@ def main(argv: list[str] | None = None) -> int:
                           add_help=False)
     dump.set_defaults(run=None)
 
+    gen = sub.add_parser("generate", help="stream a causal LM's answer to a prompt, then tokens/s")
+    _add_generation_options(gen)
+    gen.add_argument("prompt", help="the prompt, e.g. 'What is the capital of France?'")
+    gen.set_defaults(run=_generate)
+
+    chat = sub.add_parser("chat", help="compile a causal LM once, then answer a prompt per line of input")
+    _add_generation_options(chat)
+    chat.set_defaults(run=_chat)
+
     lst = sub.add_parser("passes", help="list the available passes")
     lst.set_defaults(run=_passes)
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and "--generate" in argv:
+        from fxopt.tools.bench_generate import main as bench_generate_main
+        return bench_generate_main([a for a in argv[1:] if a != "--generate"])
     if argv[:1] == ["bench"]:
         from fxopt.tools.bench import main as bench_main
         return bench_main(argv[1:])
@@ -85,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "reps", 1) < 1:
         parser.error("--reps must be at least 1")
+    if getattr(args, "max_new_tokens", 1) < 1:
+        parser.error("--max-new-tokens must be at least 1")
     try:
         return args.run(args)
     except Exception as e:  # noqa: BLE001 - fxopt's own errors print as one line

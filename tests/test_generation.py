@@ -1,0 +1,141 @@
+"""generate() over compiled prefill and decode graphs with a static KV cache: Hugging Face's results token for
+token (greedy, left-padded batches, seeded sampling, EOS and padding), one compilation per graph, and clear
+errors for what it does not take."""
+import pytest
+import torch
+
+import fxopt
+from fxopt.decode_graphs import StaticCacheStep, cache_layout, step_inputs
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         eos_token_id=3, pad_token_id=0, bos_token_id=1)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny):
+    return fxopt.compile(tiny, {"input_ids": torch.randint(4, 128, (1, 10))}, backend="eager", max_cache_len=64)
+
+
+def _left_padded(*rows):
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def test_step_module_matches_the_model(tiny):
+    layout = cache_layout(tiny, 32)
+    step = StaticCacheStep(tiny, layout)
+    inputs = step_inputs(layout, 1, 6)
+    inputs["input_ids"] = torch.randint(4, 128, (1, 6))
+    with torch.no_grad():
+        logits = step(**inputs)
+        torch.testing.assert_close(logits, tiny(inputs["input_ids"]).logits[:, -1], rtol=1e-5, atol=1e-5)
+        assert inputs["keys"][0][:, :, :6].abs().sum() > 0 and inputs["keys"][0][:, :, 6:].abs().sum() == 0
+
+
+def test_greedy_equals_hugging_face(tiny, compiled):
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ids = torch.randint(4, 128, (1, 5 + 3 * seed))
+        assert torch.equal(compiled.generate(input_ids=ids, max_new_tokens=20, do_sample=False),
+                           tiny.generate(input_ids=ids, max_new_tokens=20, do_sample=False))
+    stats = compiled.generator.last_stats
+    assert stats.new_tokens == 20 and stats.steps == 19 and stats.decode_graph_seconds <= stats.decode_seconds
+
+
+def test_left_padded_batches_equal_hugging_face_and_each_row_alone(tiny, compiled):
+    ids, mask = _left_padded([5, 9, 22, 41], list(range(10, 20)), [77, 78])
+    out = compiled.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False)
+    assert torch.equal(out, tiny.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False))
+    alone = compiled.generate(input_ids=torch.tensor([[5, 9, 22, 41]]), max_new_tokens=12, do_sample=False)
+    assert torch.equal(out[0, 6:], alone[0])
+
+
+def test_seeded_sampling_equals_hugging_face(tiny, compiled):
+    ids = torch.randint(4, 128, (2, 7))
+    for kwargs in ({"top_k": 20, "top_p": 0.9, "temperature": 0.8}, {"top_k": 0, "top_p": 0.5}, {}):
+        torch.manual_seed(11)
+        ours = compiled.generate(input_ids=ids, max_new_tokens=15, do_sample=True, **kwargs)
+        torch.manual_seed(11)
+        theirs = tiny.generate(input_ids=ids, max_new_tokens=15, do_sample=True, **kwargs)
+        assert torch.equal(ours, theirs), kwargs
+
+
+def test_eos_pads_finished_rows_and_min_new_tokens_holds_it_back(tiny, compiled):
+    ids = torch.randint(4, 128, (2, 6))
+    first = compiled.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+    eos = int(first[0, 7])  # the second new token of row 0 becomes the end-of-sequence token
+    out = compiled.generate(input_ids=ids, max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    ref = tiny.generate(input_ids=ids, max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(out, ref) and out[0, 7] == eos
+    held = compiled.generate(input_ids=ids, max_new_tokens=6, min_new_tokens=4, do_sample=False, eos_token_id=eos,
+                             pad_token_id=0)
+    assert torch.equal(held, tiny.generate(input_ids=ids, max_new_tokens=6, min_new_tokens=4, do_sample=False,
+                                           eos_token_id=eos, pad_token_id=0))
+    assert (held[0, 6:10] != eos).all()
+
+
+def test_streamer_sees_prompt_then_each_token(compiled):
+    seen = []
+
+    class Streamer:
+        def put(self, tokens):
+            seen.append(tokens.tolist())
+
+        def end(self):
+            seen.append("end")
+
+    ids = torch.randint(4, 128, (1, 5))
+    out = compiled.generate(input_ids=ids, max_new_tokens=4, do_sample=False, streamer=Streamer())
+    assert seen[0] == ids.tolist() and seen[-1] == "end" and len(seen) == 6
+    assert [t[0] for t in seen[1:-1]] == out[0, 5:].tolist()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_beams": 4}, "does not support num_beams"),
+    ({"repetition_penalty": 1.2, "output_scores": True}, "does not support output_scores, repetition_penalty"),
+    ({"use_cache": False}, "always decodes with its KV cache"),
+    ({"max_new_tokens": 0}, "at least 1"),
+    ({"max_new_tokens": 60}, r"needs 66 cache slots; .* max_cache_len=64: recompile"),
+    ({"do_sample": True, "temperature": 0.0}, "temperature must be positive"),
+    ({"input_ids": torch.tensor([[5, 200]])}, r"outside the vocabulary \[0, 128\)"),
+    ({"attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0]])}, "pad on the left"),
+])
+def test_bad_requests_are_refused_by_name(compiled, kwargs, message):
+    args = {"input_ids": torch.randint(4, 128, (1, 6)), "max_new_tokens": 5, **kwargs}
+    with pytest.raises(fxopt.InputError, match=message):
+        compiled.generate(**args)
+
+
+def test_a_request_that_cannot_fit_fails_before_anything_is_compiled(tiny, monkeypatch):
+    fresh = fxopt.compile(tiny, {"input_ids": torch.randint(4, 128, (1, 10))}, backend="eager", max_cache_len=16)
+    with pytest.raises(fxopt.InputError, match="needs 30 cache slots"):
+        fresh.generate(input_ids=torch.randint(4, 128, (1, 10)), max_new_tokens=20)
+    assert fresh.generator is None
+
+
+def test_each_graph_is_lowered_once(tiny, monkeypatch):
+    import torch._inductor.compile_fx as inductor
+
+    calls = []
+    original = inductor.compile_fx
+    monkeypatch.setattr(inductor, "compile_fx", lambda *a, **k: calls.append(1) or original(*a, **k))
+    compiled = fxopt.compile(tiny, {"input_ids": torch.randint(4, 128, (1, 10))}, max_cache_len=48)
+    assert len(calls) == 1  # the forward graph
+    for batch, prompt in ((1, 3), (1, 17), (2, 9), (3, 30)):
+        ids = torch.randint(4, 128, (batch, prompt))
+        assert torch.equal(compiled.generate(input_ids=ids, max_new_tokens=8, do_sample=False),
+                           tiny.generate(input_ids=ids, max_new_tokens=8, do_sample=False))
+    assert len(calls) == 3  # + prefill + decode, whatever the prompt length or batch
+    assert compiled.generator.graphs.prefill.report.stages["target"] == ["select-gemm-backend"]

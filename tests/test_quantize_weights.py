@@ -1,0 +1,97 @@
+"""Weight-only quantization passes: per-channel int8 (_weight_int8pack_mm) and grouped int4
+(_weight_int4pack_mm_for_cpu), both shown running in Inductor's code, within the accuracy their formats allow,
+with skip by name."""
+import torch
+from torch._inductor.utils import run_and_get_code
+
+import fxopt
+from fxopt.passes.quantize_weights_int8 import quantize_per_channel
+from fxopt.testing import check_pass, filecheck
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(64, 256)
+        self.down = torch.nn.Linear(256, 64, bias=False)
+        self.head = torch.nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.head(self.down(torch.relu(self.up(x))))
+
+
+def test_per_channel_quantization_error_is_within_half_a_step():
+    w = torch.randn(48, 80) * torch.linspace(0.01, 3, 48)[:, None]  # rows of very different ranges
+    q, scales = quantize_per_channel(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127 and scales.shape == (48,)
+    assert ((q.float() * scales[:, None] - w).abs() <= scales[:, None] / 2 + 1e-6).all()
+
+
+def test_pass_rewrites_linears_and_keeps_skipped_ones():
+    torch.manual_seed(0)
+    opts = fxopt.passes.quantize_weights_int8.make_options(skip=["head"])
+    result = check_pass("quantize-weights-int8", MLP().eval(), torch.randn(4, 10, 64), options=opts, rtol=2e-2)
+    assert result.stats["linears"] == 2 and result.stats["kept fp32 (skip)"] == 1
+    filecheck(result.after, """
+        CHECK: %_fxopt_linear_int8 = const : i8[256, 64]
+        CHECK-NEXT: %_fxopt_linear_scales = const : bf16[256]
+        CHECK: %_to_copy_default = aten._to_copy(%view_default, dtype=bfloat16) : bf16[10*batch, 64]
+        CHECK-NEXT: aten._weight_int8pack_mm(%_to_copy_default, %_fxopt_linear_int8, %_fxopt_linear_scales) : bf16[10*batch, 256]
+        CHECK-NEXT: aten._to_copy(%_weight_int8pack_mm_default, dtype=float32) : f32[10*batch, 256]
+        CHECK-NEXT: aten.add.Tensor(%_to_copy_default_1, %up.bias)
+        CHECK: aten._weight_int8pack_mm(%_to_copy_default_2, %_fxopt_linear_1_int8, %_fxopt_linear_1_scales) : bf16[10*batch, 64]
+        CHECK-NOT: %down.weight
+        CHECK: aten.linear(%view_default_3, %head.weight, %head.bias) : f32[batch, 10, 32]
+    """)
+    assert 1e-4 < result.max_rel_error < 2e-2  # lossy, and by about what per-channel int8 costs
+
+
+def test_fp32_activations_are_an_option():
+    torch.manual_seed(0)
+    opts = fxopt.passes.quantize_weights_int8.make_options(activations="float32")
+    result = check_pass("quantize-weights-int8", MLP().eval(), torch.randn(4, 10, 64), options=opts, rtol=2e-2)
+    assert "bfloat16" not in result.after and "aten._weight_int8pack_mm" in result.after
+
+
+def test_inductor_runs_the_int8_kernel():
+    torch.manual_seed(0)
+    model, x = MLP().eval(), torch.randn(4, 10, 64)
+    compiled, (code, *_) = run_and_get_code(
+        lambda: fxopt.compile(model, x, passes="eliminate-dead-nodes,quantize-weights-int8"))
+    assert code.count("extern_kernels._weight_int8pack_mm(") == 3  # the int8 kernel, fed int8 frozen weights
+    assert code.count("device='cpu', dtype=torch.int8)") == 3
+    assert "mkldnn._linear_pointwise" not in code and "extern_kernels.addmm" not in code  # no fp32 GEMM left
+    out, ref = compiled(x), model(x)
+    assert (out - ref).abs().max() / ref.abs().max() < 2e-2
+    assert compiled.report.pipeline.record("quantize-weights-int8").extra["max_rel_error"] < 2e-2
+
+
+def test_int4_groups_recover_weights_that_lie_on_a_4_bit_grid():
+    from fxopt.passes.quantize_weights_int4 import pack_for_cpu, quantize_grouped
+
+    torch.manual_seed(0)
+    n, k, g = 64, 128, 32  # a Q4_1-like weight: w = d * q + m per block of 32, q in 0..15 using the full range
+    q = torch.randint(0, 16, (n, k))
+    q[:, ::g], q[:, 1::g] = 0, 15
+    d = torch.rand(n, k // g, 1) * 0.01 + 1e-3
+    m = -torch.rand(n, k // g, 1) * 0.05
+    w = (q.view(n, k // g, g) * d + m).view(n, k)
+    q2, scales, zeros = quantize_grouped(w, g)
+    assert torch.equal(q2, q.int())
+    packed, scales_zeros = pack_for_cpu(q2, scales, zeros, torch.float32)
+    x = torch.randn(3, k)
+    out = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, g, scales_zeros)
+    assert (out - x @ w.t()).abs().max() / (x @ w.t()).abs().max() < 1e-5  # fp32 activations: exact
+
+
+def test_int4_pass_and_its_kernel_in_inductor():
+    torch.manual_seed(0)
+    model, x = MLP().eval(), torch.randn(4, 10, 64)
+    compiled, (code, *_) = run_and_get_code(
+        lambda: fxopt.compile(model, x, passes="eliminate-dead-nodes,quantize-weights-int4{skip=[head]}"))
+    # Inductor lowers the ATen int4 op to its packed int4 CPU kernel: up and down (head kept fp32)
+    assert code.count("torch.ops.quantized.int4mm_packed_weight_cpu.default(") == 2
+    record = compiled.report.pipeline.record("quantize-weights-int4")
+    assert record.stats["linears"] == 2 and record.stats["kept fp32 (skip)"] == 1
+    out, ref = compiled(x), model(x)
+    assert (out - ref).abs().max() / ref.abs().max() < 0.1  # random weights are far from any 4-bit grid
