@@ -22,10 +22,16 @@ def test_smollm2_logits_match_eager(smollm2, smollm2_compiled):
             assert torch.equal(out.logits.argmax(-1), ref.logits.argmax(-1))
 
 
+PROMPTS = ("What is the capital of France?", "Write a short poem about rivers.", "Who wrote Hamlet?",
+           "Explain photosynthesis in one sentence.", "List three prime numbers.")
+
+
 @pytest.mark.slow
 def test_smollm2_generate_gives_eagers_greedy_tokens(smollm2, smollm2_compiled):
+    """The KV-cache prefill and decode graphs give eager's greedy tokens, on 5 prompts."""
     tok = smollm2.tokenizer
-    for question, min_new in (("What is the capital of France?", 0), ("Write a short poem about rivers.", 32)):
+    for question in PROMPTS:
+        min_new = 0 if "France" in question else 32
         prompt = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                          return_tensors="pt", return_dict=True)
         kwargs = dict(max_new_tokens=32, min_new_tokens=min_new, do_sample=False)
@@ -37,6 +43,20 @@ def test_smollm2_generate_gives_eagers_greedy_tokens(smollm2, smollm2_compiled):
         else:
             answer = tok.decode(out[0, prompt["input_ids"].shape[1]:])
             assert "Paris" in answer
+    graphs = smollm2_compiled.generator.graphs
+    assert graphs.decode.report.pipeline.record("fuse-sibling-linears").stats["groups fused"] == 60
+    assert graphs.prefill.report.nodes_optimized < graphs.prefill.report.nodes_captured
+
+
+@pytest.mark.slow
+def test_smollm2_left_padded_batch_generation(smollm2, smollm2_compiled):
+    tok = smollm2.tokenizer
+    tok.padding_side = "left"
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+             for q in PROMPTS[:3]]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    kwargs = dict(max_new_tokens=12, do_sample=False)
+    assert torch.equal(smollm2_compiled.generate(**batch, **kwargs), smollm2.model.generate(**batch, **kwargs))
 
 
 @pytest.mark.slow
