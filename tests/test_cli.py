@@ -23,6 +23,8 @@ def test_passes_lists_the_default_pipeline():
     (("bench", "--processes", "0"), "--reps and --processes must be at least 1"),
     (("optimize", "minilm", "--reps", "0"), "--reps must be at least 1"),
     (("frobnicate",), "invalid choice: 'frobnicate'"),
+    (("generate", "smollm2", "hi", "--max-new-tokens", "0"), "--max-new-tokens must be at least 1"),
+    (("bench", "--generate", "--configs", "vllm"), "unknown configuration ['vllm']"),
 ])
 def test_bad_arguments(args, message):
     proc = fxopt_cli(*args)
@@ -47,3 +49,11 @@ def test_bench_measures_fxopt_against_eager_in_one_process():
     assert m.accuracy["min_cosine"] > 0.99999 and m.accuracy["max_rel_err"] < 1e-4
     assert "eliminate-dead-nodes" in m.extra
     assert "minilm" in table([m]) and "speed vs eager" in table([m])
+
+
+@pytest.mark.slow
+def test_generate_streams_an_answer_and_reports_speed():
+    proc = fxopt_cli("generate", "smollm2", "What is the capital of France?", "--max-new-tokens", "12")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Paris" in proc.stdout
+    assert "tokens/s" in proc.stderr and "first token after" in proc.stderr

@@ -56,7 +56,8 @@ def _load_causal_lm(name: str):
     import fxopt
 
     if name != "smollm2":
-        raise SystemExit(f"fxopt: error: {name!r} is not a bundled causal LM; the bundled one is smollm2")
+        print(f"fxopt: error: {name!r} is not a bundled causal LM; the bundled one is smollm2", file=sys.stderr)
+        raise SystemExit(2)
     real = load(name)
     print(f"[fxopt] compiling {name}'s forward, prefill and decode graphs (about a minute each the first time; "
           "Inductor's cache makes it faster after)…", file=sys.stderr, flush=True)
