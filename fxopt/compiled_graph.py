@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -57,7 +57,6 @@ class CompiledGraph:
     lowered: Lowered
     report: CompileReport
     portable_graph: torch.fx.Graph | None = None  # after the portable stage: machine-independent
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, *flat: torch.Tensor):
         return self.lowered.run(*flat)

@@ -10,7 +10,7 @@ import torch
 
 from fxopt.call_contract import CallContract
 from fxopt.compiled_graph import CompiledGraph
-from fxopt.generation import Generator, GenerationSetup, check_request, hf_generate
+from fxopt.generation import Generator, GenerationSetup, hf_generate
 
 
 class CompiledModule(torch.nn.Module):

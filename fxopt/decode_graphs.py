@@ -48,9 +48,6 @@ DECODE_PRECISIONS = ("fp32", "int8-weight-only", "int4-weight-only")
 _DECODE_PASS = {"int8-weight-only": ("quantize-weights-int8", {"skip": ["lm_head"]}),
                 "int4-weight-only": ("quantize-weights-int4", {"skip": ["lm_head"]})}
 
-#: Inputs of both graphs, in placeholder order (the cache lists last).
-STEP_INPUTS = ("input_ids", "position_ids", "attention_mask", "cache_len", "keys", "values")
-
 
 @dataclass(frozen=True)
 class CacheLayout:

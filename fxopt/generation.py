@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -67,7 +67,6 @@ class _Settings:
     top_k: int | None
     top_p: float
     streamer: object = None
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_settings(prompt_len: int, kwargs: dict, generation_config) -> _Settings:

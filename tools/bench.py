@@ -162,15 +162,20 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3,
                        extra, predicted, peak_mb)
 
 
-def run_isolated(model_name: str, config: str, reps: int) -> Measurement:
-    """Run :func:`measure` in a fresh Python process and read its JSON result."""
-    cmd = [sys.executable, "-m", "fxopt.tools.bench", "--worker", "--models", model_name, "--configs", config,
-           "--reps", str(reps)]
+def run_worker(module: str, args: list[str], what: str) -> dict:
+    """Run ``python -m module --worker *args`` in a fresh process and return the JSON object it prints last."""
+    cmd = [sys.executable, "-m", module, "--worker", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     line = next((l for l in reversed(proc.stdout.splitlines()) if l.startswith("{")), None)
     if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"benchmark worker for {model_name} / {config} failed:\n{proc.stderr[-3000:]}")
-    return Measurement(**json.loads(line))
+        raise RuntimeError(f"benchmark worker for {what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line)
+
+
+def run_isolated(model_name: str, config: str, reps: int) -> Measurement:
+    """Run :func:`measure` in a fresh Python process and read its JSON result."""
+    args = ["--models", model_name, "--configs", config, "--reps", str(reps)]
+    return Measurement(**run_worker("fxopt.tools.bench", args, f"{model_name} / {config}"))
 
 
 def table(results: list[Measurement]) -> str:

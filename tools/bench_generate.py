@@ -13,10 +13,8 @@ configuration generates the same number of tokens from the same prompt, greedily
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -133,12 +131,10 @@ def measure(config: str, reps: int = 3) -> GenerationMeasurement:
 
 
 def run_isolated(config: str, reps: int) -> GenerationMeasurement:
-    cmd = [sys.executable, "-m", "fxopt.tools.bench_generate", "--worker", "--configs", config, "--reps", str(reps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    line = next((l for l in reversed(proc.stdout.splitlines()) if l.startswith("{")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"generation benchmark worker for {config} failed:\n{proc.stderr[-3000:]}")
-    return GenerationMeasurement(**json.loads(line))
+    from fxopt.tools.bench import run_worker
+
+    args = ["--configs", config, "--reps", str(reps)]
+    return GenerationMeasurement(**run_worker("fxopt.tools.bench_generate", args, f"generate / {config}"))
 
 
 def table(results: list[GenerationMeasurement]) -> str:
