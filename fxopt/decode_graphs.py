@@ -22,7 +22,6 @@ weights are built once for the two::
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -67,15 +66,17 @@ class CacheLayout:
                   for _ in range(self.layers)]
         return keys, values
 
-    def nbytes(self, batch: int) -> int:
-        per_slot = self.kv_heads * (self.k_head_dim + self.v_head_dim) * torch.finfo(self.dtype).bits // 8
-        return self.layers * batch * self.max_cache_len * per_slot
+
+def text_config(model: torch.nn.Module):
+    """The config of a model's language part (the model's own config for a plain causal LM)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def cache_layout(model: torch.nn.Module, max_cache_len: int) -> CacheLayout:
     """The static cache a Hugging Face causal LM needs; a clear :class:`CaptureError` for architectures whose
     cache is not one full-attention key/value pair per layer."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     layer_types = getattr(config, "layer_types", None)
     if layer_types and any(t != "full_attention" for t in layer_types):
         kinds = sorted(set(layer_types) - {"full_attention"})
@@ -100,7 +101,7 @@ class StaticCacheStep(torch.nn.Module):
         super().__init__()
         self.model = model
         self.layout = layout
-        self.text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.text_config = text_config(model)
         self.bool_mask = getattr(self.text_config, "_attn_implementation", "sdpa") != "eager"
 
     def forward(self, input_ids, position_ids, attention_mask, cache_len, keys, values):
@@ -151,7 +152,6 @@ class GenerationGraphs:
     decode: CompiledGraph
     layout: CacheLayout
     max_batch: int
-    seconds: float
 
 
 def decode_pipeline(pipeline: Sequence[tuple[GraphPass, Any]], precision: str) -> list[tuple[GraphPass, Any]]:
@@ -176,7 +176,6 @@ def compile_generation_graphs(model: torch.nn.Module, pipeline: Sequence[tuple[G
                               options: CompileOptions | None = None, *, max_cache_len: int = DEFAULT_MAX_CACHE_LEN,
                               max_batch: int = 16, decode_precision: str = "fp32") -> GenerationGraphs:
     """Capture, optimize and lower the prefill and decode graphs of ``model`` (one constant pool for both)."""
-    start = time.perf_counter()
     decode_passes = decode_pipeline(pipeline, decode_precision)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if isinstance(max_pos, int) and max_cache_len > max_pos:
@@ -197,7 +196,6 @@ def compile_generation_graphs(model: torch.nn.Module, pipeline: Sequence[tuple[G
     graphs = GenerationGraphs(
         prefill=compile_graph(prefill, pipeline, options, pool=pool, name=f"{type(model).__name__} prefill"),
         decode=compile_graph(decode, decode_passes, options, pool=pool, name=f"{type(model).__name__} decode"),
-        layout=layout, max_batch=max_batch, seconds=0.0)
+        layout=layout, max_batch=max_batch)
     pool.release()
-    graphs.seconds = time.perf_counter() - start
     return graphs

@@ -255,9 +255,9 @@ class GenerationSetup:
 
     @property
     def vocab_size(self) -> int | None:
-        config = self.model.config
-        config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        return getattr(config, "vocab_size", None)
+        from fxopt.decode_graphs import text_config
+
+        return getattr(text_config(self.model), "vocab_size", None)
 
     def check(self, kwargs: dict) -> None:
         kwargs = dict(kwargs)
