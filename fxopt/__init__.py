@@ -8,8 +8,8 @@ shared by a model's graphs); writing passes: :func:`graph_pass`, :func:`node_rew
 :class:`Rewriter`, :class:`PassResult`; running them: :class:`PassManager` and its instruments;
 the IR: :mod:`fxopt.ir`; errors: :class:`FxoptError` and its subclasses.
 """
-from fxopt.errors import (CaptureError, FxoptError, InputError, NumericsError, PassError, PipelineSpecError,
-                          VerificationError)
+from fxopt.errors import (AccuracyBudgetError, CalibrationError, CaptureError, FxoptError, InputError,
+                          NumericsError, PassError, PipelineSpecError, VerificationError)
 from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.rewriter import Rewriter, node_rewrite
 from fxopt.pattern import Match, PatternError, PatternRule, pattern_pass
@@ -29,5 +29,5 @@ __all__ = [
     "DEFAULT_PIPELINE", "build_pipeline", "parse_spec", "format_spec",
     "compile_graph", "CompiledGraph", "CompileOptions", "ConstantPool",
     "FxoptError", "CaptureError", "InputError", "NumericsError", "PassError", "PipelineSpecError",
-    "VerificationError",
+    "VerificationError", "AccuracyBudgetError", "CalibrationError",
 ]

@@ -22,6 +22,7 @@ from fxopt.ir.capture import CapturedModel, capture
 from fxopt.memory import trim_heap
 from fxopt.pass_manager import Instrument
 from fxopt.pipeline import build_pipeline
+from fxopt import quantize as quantization
 
 
 def compile(
@@ -46,6 +47,9 @@ def compile(
     max_cache_len: int = DEFAULT_MAX_CACHE_LEN,
     max_batch: int = 16,
     decode_precision: str = "fp32",
+    quantize: str | None = None,
+    calibration: Sequence[Any] | None = None,
+    accuracy_budget: float | Mapping[str, float] | None = None,
 ) -> CompiledModule:
     """Compile ``model`` for inference and return a module with the same call signature and outputs.
 
@@ -62,17 +66,30 @@ def compile(
     slots for up to ``max_batch`` sequences, compiled through the same pipeline on its first call (or by
     ``compiled.prepare_generation()``); ``decode_precision="int8-weight-only"`` quantizes the decode graph's
     weights (:data:`fxopt.decode_graphs.DECODE_PRECISIONS`).
+    ``quantize`` runs the linears in lower precision under an accuracy budget (:mod:`fxopt.quant_planner`):
+    ``"int8"`` (int8 GEMMs, per-token dynamic activation scales), ``"bf16"``, ``"auto"`` (per linear int8, bf16
+    or fp32, planned to hold the budget) or ``"int8-weight-only"``. ``calibration``: example inputs (a list of
+    batches like ``example_inputs``; default: the example inputs) on which the planner measures sensitivity
+    and checks ``accuracy_budget``: a number for the model's default metric (encoders: min pooled cosine,
+    default 0.995; causal LMs: relative perplexity increase, default 0.02) or ``{"metric": bound}``.
     """
     args, kwargs = _split_example(example_inputs, example_kwargs)
     pipeline = build_pipeline(passes, opt_level=opt_level, disable=disable)  # a bad spec fails before capture
     decode_pipeline(pipeline, decode_precision)  # ... and so does an unknown decode precision
+    quantization.check_request(quantize, accuracy_budget, calibration)  # ... and a bad quantization request
     options = CompileOptions(backend=backend, check_numerics=check_numerics, numeric_rtol=numeric_rtol,
                              on_numeric_failure=on_numeric_failure, verify=verify, print_after=print_after,
                              instruments=tuple(instruments), verbose=verbose)
     captured = capture(model, args, kwargs, dynamic=dynamic, dims=dict(dims) if dims else None,
                        dim_axes={k: dict(v) for k, v in dim_axes.items()} if dim_axes else None)
+    graph_pipeline = pipeline
+    if quantize is not None:
+        batches = quantization.bind_calibration(captured, calibration)
+        graph_pipeline = quantization.precision_pipeline(pipeline, quantize, accuracy_budget, batches, captured)
     pool = ConstantPool()
-    graph = compile_graph(captured, pipeline, options, pool=pool)
+    graph = compile_graph(captured, graph_pipeline, options, pool=pool)
+    if quantize is not None:
+        quantization.verify_compiled(graph, batches)  # the budget, on the real kernels; the plan into the report
     pool.release()  # the compiled code holds what it needs; nothing else keeps fxopt-made constants alive
     trim_heap()  # give the compilation's freed memory back to the OS (SmolLM2: 1,961 → 1,612 MB resident)
     generation = (GenerationSetup(model, pipeline, options, max_cache_len, max_batch, decode_precision)

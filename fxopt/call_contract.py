@@ -29,6 +29,7 @@ class CallContract:
         self.returns_model_output = hasattr(
             pytree.tree_unflatten([None] * captured.out_spec.num_leaves, captured.out_spec), "to_tuple")
         self.constants = {s.path: s.value for s in captured.slots if not s.is_tensor and "." not in s.path}
+        self.index_bounds = index_bounds(captured.graph_module)
 
     def describe_inputs(self) -> str:
         return ", ".join(s.describe() for s in self.captured.slots)
@@ -101,6 +102,12 @@ class CallContract:
                 if seen[0] != got:
                     raise InputError(f"inputs {seen[1]!r} and {slot.path!r} disagree on {want}: {seen[0]} vs {got}")
             tensors.append(value.contiguous())
+        for i, rows in self.index_bounds.items():  # the compiled code indexes without bounds checks
+            ids = tensors[i]
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+                bad = int(ids.max()) if int(ids.max()) >= rows else int(ids.min())
+                raise InputError(f"input {self.captured.tensor_slots[i].path!r} holds index {bad}, outside the "
+                                 f"table it selects rows of ({rows} rows: valid ids are 0..{rows - 1})")
         return tensors
 
     # -- outputs ------------------------------------------------------------------------------------
@@ -111,6 +118,18 @@ class CallContract:
     def rebuild(self, outputs: Sequence[torch.Tensor], return_dict=None):
         result = pytree.tree_unflatten(list(outputs), self.captured.out_spec)
         return result.to_tuple() if return_dict is False else result
+
+
+def index_bounds(gm) -> dict[int, int]:
+    """Flat input position → rows of the embedding table it indexes, for inputs used as ``aten.embedding`` ids
+    (token ids, token type ids, position ids): what the compiled code would read out of bounds."""
+    bounds: dict[int, int] = {}
+    for i, p in enumerate(gm.graph.find_nodes(op="placeholder")):
+        for user in p.users:
+            if user.target is torch.ops.aten.embedding.default and user.args[1] is p:
+                rows = int(user.args[0].meta["val"].shape[0])
+                bounds[i] = min(bounds.get(i, rows), rows)
+    return bounds
 
 
 def _same_constant(a, b) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from tabulate import tabulate
 
@@ -30,6 +31,7 @@ class CompileReport:
     spec: str = ""  # the pipeline that ran, as a spec that parses back to it (fxopt.pipeline.format_spec)
     stages: dict[str, list[str]] = field(default_factory=dict)  # pass names per stage, in the order they ran
     machine: MachineKey | None = None  # what the target stage's choices were measured on (None: no target pass)
+    precision: Any = None  # the precision plan (fxopt.quant_planner.PrecisionPlan) of a quantized compile
 
     @property
     def flops_captured(self):
@@ -58,5 +60,7 @@ class CompileReport:
                               if self.machine else "none (no machine-specific choices)")],
         ], tablefmt="plain")
         notes = "".join(f"\nnote: {n}" for n in self.notes)
+        if self.precision is not None:
+            notes += f"\n{self.precision.summary()}"
         diagnostics = "".join(f"\n{r.name}: {d}" for r in self.pipeline.records for d in r.diagnostics)
         return f"{head}\n\n{self.pipeline.table()}{notes}{diagnostics}"

@@ -32,3 +32,11 @@ class NumericsError(FxoptError):
 
 class PipelineSpecError(FxoptError, ValueError):
     """A pipeline spec (``"eliminate-dead-nodes,fuse-qkv{...}"``) names an unknown pass or bad option."""
+
+
+class AccuracyBudgetError(FxoptError):
+    """A requested precision cannot hold the accuracy budget (see :mod:`fxopt.quant_planner`)."""
+
+
+class CalibrationError(FxoptError, ValueError):
+    """Calibration data for a quantized compile that is missing, empty, or does not fit the compiled model."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ def sample_text() -> str:
 @functools.lru_cache(maxsize=None)
 def load(name: str) -> RealModel:
     """Load a bundled model by name (cached per process); the model is in eval mode, fp32."""
+    # transformers imports torchao when it is installed; its CUDA-only extensions warn on every CPU machine
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer

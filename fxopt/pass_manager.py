@@ -18,7 +18,7 @@ import torch
 import torch.fx
 from tabulate import tabulate
 
-from fxopt.errors import FxoptError, NumericsError, PassError, PipelineSpecError
+from fxopt.errors import AccuracyBudgetError, FxoptError, NumericsError, PassError, PipelineSpecError
 from fxopt.graph_pass import GraphPass, PassContext, PassResult
 from fxopt.ir.printer import format_graph
 from fxopt.ir.verifier import verify
@@ -119,6 +119,8 @@ class PassManager:
             start = time.perf_counter()
             try:
                 result = p.fn(gm, ctx)
+            except AccuracyBudgetError:
+                raise  # the planner's verdict on the user's request: already names what to change
             except Exception as e:
                 raise PassError(f"pass {p.name!r} failed: {type(e).__name__}: {e}") from e
             seconds = time.perf_counter() - start

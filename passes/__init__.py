@@ -5,6 +5,7 @@ ones it runs, in order.
 """
 from fxopt.passes.eliminate_dead_nodes import eliminate_dead_nodes
 from fxopt.passes.canonicalize import canonicalize
+from fxopt.passes.cast_linears_bf16 import cast_linears_bf16
 from fxopt.passes.eliminate_common_subexpressions import eliminate_common_subexpressions
 from fxopt.passes.fold_constants import fold_constants
 from fxopt.passes.fold_position_tables import fold_position_tables
@@ -12,6 +13,8 @@ from fxopt.passes.fuse_attention import fuse_attention
 from fxopt.passes.fuse_layer_norm import fuse_layer_norm
 from fxopt.passes.fuse_rms_norm import fuse_rms_norm
 from fxopt.passes.fuse_sibling_linears import fuse_sibling_linears
+from fxopt.passes.quantize_dynamic_int8 import quantize_dynamic_int8
+from fxopt.passes.smooth_activations import smooth_activations
 from fxopt.passes.quantize_weights_int4 import quantize_weights_int4
 from fxopt.passes.quantize_weights_int8 import quantize_weights_int8
 from fxopt.passes.select_gemm_backend import select_gemm_backend
@@ -26,6 +29,9 @@ BUILTIN_PASSES = (
     fuse_rms_norm,
     fuse_attention,
     fuse_sibling_linears,
+    smooth_activations,
+    quantize_dynamic_int8,
+    cast_linears_bf16,
     quantize_weights_int8,
     quantize_weights_int4,
     select_gemm_backend,
@@ -33,5 +39,5 @@ BUILTIN_PASSES = (
 
 __all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "canonicalize", "eliminate_common_subexpressions",
            "fold_constants", "fold_position_tables", "fuse_layer_norm", "fuse_rms_norm", "fuse_attention",
-           "fuse_sibling_linears", "quantize_weights_int8", "quantize_weights_int4",
-           "select_gemm_backend"]
+           "fuse_sibling_linears", "smooth_activations", "quantize_dynamic_int8", "cast_linears_bf16",
+           "quantize_weights_int8", "quantize_weights_int4", "select_gemm_backend"]

@@ -87,4 +87,4 @@ def quantize_weights_int4(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
     def kernel(rw, rows, consts, before):
         return rw.call(aten._weight_int4pack_mm_for_cpu.default, (rows, consts[0], group, consts[1]), before=before)
 
-    return rewrite_linears(gm, opts.skip, act, kernel, constants).result()
+    return rewrite_linears(gm, opts.skip, act, kernel, constants, precision="int4-weight-only").result()

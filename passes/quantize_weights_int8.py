@@ -39,6 +39,8 @@ from fxopt.graph_pass import PassContext, PassResult, graph_pass
 from fxopt.rewriter import Rewriter
 
 aten = torch.ops.aten
+#: where the precision planner (fxopt.quant_planner) labels a linear, and where the rewritten kernel says its precision
+PRECISION_KEY = "fxopt.precision"
 
 
 @dataclass
@@ -54,16 +56,19 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return q.contiguous(), scales.to(weight.dtype).contiguous()
 
 
-def _where(node, weight_node) -> str:
-    """The weight's name and the module path of the linear, for ``skip`` matching and notes."""
+def linear_location(node) -> str:
+    """A linear's weight name and module path, for ``only``/``skip`` matching and reports."""
     stack = node.meta.get("nn_module_stack") or {}
     path = list(stack.values())[-1][0] if stack else ""
-    return f"{weight_node.target} {path}"
+    return f"{node.args[1].target} {path}".strip()
 
 
-def rewrite_linears(gm: torch.fx.GraphModule, skip: Sequence[str], act: torch.dtype, kernel, constants) -> Rewriter:
-    """Replace every fp32 constant-weight linear (not skipped) by ``kernel(rows in act dtype, *constants(weight))``,
-    cast back to fp32, bias added in fp32: the shape every weight-only quantization pass shares. ``constants``
+def rewrite_linears(gm: torch.fx.GraphModule, skip: Sequence[str], act: torch.dtype, kernel, constants, *,
+                    only: Sequence[str] = (), precision: str | None = None) -> Rewriter:
+    """Replace every fp32 constant-weight linear (not skipped; with ``only``, just those it names; where the
+    precision planner labelled linears, just those labelled ``precision``) by
+    ``kernel(rows in act dtype, *constants(weight))``, cast back to fp32, bias added in fp32: the shape every
+    linear-rewriting precision pass shares. ``constants``
     returns ``[(name suffix, recipe key, build), ...]`` for a weight (None: leave it), built once per model
     through the pool; the first is the quantized weight itself."""
     rw = Rewriter(gm)
@@ -73,7 +78,13 @@ def rewrite_linears(gm: torch.fx.GraphModule, skip: Sequence[str], act: torch.dt
         bias = node.args[2] if len(node.args) > 2 else None
         if weight is None or weight.dtype != torch.float32 or weight.dim() != 2 or node.kwargs:
             continue
-        if any(s in _where(node, node.args[1]) for s in skip):
+        planned = node.meta.get(PRECISION_KEY)
+        if planned is not None and planned != precision:
+            continue
+        where = linear_location(node)
+        if only and not any(s in where for s in only):
+            continue
+        if any(s in where for s in skip):
             rw.count("kept fp32 (skip)")
             continue
         consts = constants(weight)
@@ -87,6 +98,7 @@ def rewrite_linears(gm: torch.fx.GraphModule, skip: Sequence[str], act: torch.dt
         if act != torch.float32:
             rows = rw.call(aten._to_copy.default, (rows,), {"dtype": act}, before=node)
         mm = kernel(rw, rows, nodes, node)
+        mm.meta[PRECISION_KEY] = precision or str(act).replace("torch.", "")
         if act != torch.float32:
             mm = rw.call(aten._to_copy.default, (mm,), {"dtype": torch.float32}, before=node)
         if bias is not None:
@@ -125,4 +137,4 @@ def quantize_weights_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
     def kernel(rw, rows, consts, before):
         return rw.call(aten._weight_int8pack_mm.default, (rows, *consts), before=before)
 
-    return rewrite_linears(gm, opts.skip, act, kernel, constants).result()
+    return rewrite_linears(gm, opts.skip, act, kernel, constants, precision="int8-weight-only").result()

@@ -32,5 +32,20 @@ def minilm_compiled(minilm):
     return fxopt.compile(minilm.model, minilm.inputs(8, 128))
 
 
+class MLP(torch.nn.Module):
+    """Three linears (up with a bias, down without, head with) around an activation: the small model the
+    linear-rewriting passes (quantization, bf16) are tested on."""
+
+    def __init__(self, act=torch.relu):
+        super().__init__()
+        self.act = act
+        self.up = torch.nn.Linear(64, 256)
+        self.down = torch.nn.Linear(256, 64, bias=False)
+        self.head = torch.nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.head(self.down(self.act(self.up(x))))
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()

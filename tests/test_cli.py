@@ -57,3 +57,8 @@ def test_generate_streams_an_answer_and_reports_speed():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Paris" in proc.stdout
     assert "tokens/s" in proc.stderr and "first token after" in proc.stderr
+
+
+def test_bench_configuration_names_survive_the_comma_separated_flag():
+    from fxopt.tools.bench import CONFIGS, DEFAULT_CONFIGS
+    assert all("," not in name for name in CONFIGS) and set(DEFAULT_CONFIGS) <= set(CONFIGS)

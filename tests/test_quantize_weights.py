@@ -5,19 +5,9 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 import fxopt
+from conftest import MLP
 from fxopt.passes.quantize_weights_int8 import quantize_per_channel
 from fxopt.testing import check_pass, filecheck
-
-
-class MLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.up = torch.nn.Linear(64, 256)
-        self.down = torch.nn.Linear(256, 64, bias=False)
-        self.head = torch.nn.Linear(64, 32)
-
-    def forward(self, x):
-        return self.head(self.down(torch.relu(self.up(x))))
 
 
 def test_per_channel_quantization_error_is_within_half_a_step():

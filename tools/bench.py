@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -24,6 +25,9 @@ from typing import Callable
 
 import torch
 from tabulate import tabulate
+
+from fxopt import metrics
+from fxopt.pipeline import DEFAULT_PIPELINE
 
 #: The shapes the benchmark runs: MiniLM batch 8 × 128 tokens, SmolLM2 prefill 1 × 256 tokens.
 WORKLOADS = {"minilm": (8, 128), "smollm2": (1, 256)}
@@ -40,9 +44,55 @@ def fxopt_config(**compile_kwargs):
     def build(model, inputs):
         import fxopt
         compiled = fxopt.compile(model, inputs, **compile_kwargs)
-        return compiled, compiled.report.pipeline.table()
+        plan = compiled.report.precision
+        extra = compiled.report.pipeline.table() + (f"\n\n{plan.summary()}" if plan is not None else "")
+        return compiled, extra
     build.predicts = True
     return build
+
+
+def _float_outputs(fn):
+    """A bf16 model's outputs as fp32, so that accuracy is computed like every other row's."""
+    def call(**kw):
+        out = fn(**kw)
+        for key, value in out.items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                out[key] = value.float()
+        return out
+    return call
+
+
+def bf16_compile_config(model, inputs):
+    """The bf16 peer: the whole model in bf16 (weights and activations), torch.compile with freezing."""
+    import copy
+    compiled = torch.compile(copy.deepcopy(model).to(torch.bfloat16), options={"freezing": True})
+    return _float_outputs(compiled), ""
+
+
+def torchao_int8_config(model, inputs):
+    """torchao's int8 dynamic activation + int8 weight on every linear, torch.compile with freezing."""
+    import copy
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    quantized = copy.deepcopy(model)
+    quantize_(quantized, Int8DynamicActivationInt8WeightConfig())
+    compiled = torch.compile(quantized, options={"freezing": True})
+    return lambda **kw: compiled(**kw), ""
+
+
+def pt2e_static_int8_config(model, inputs):
+    """PT2E static int8: export, X86InductorQuantizer's default config, calibrated on the example inputs,
+    torch.compile with freezing (Inductor lowers the Q/DQ form to oneDNN int8 kernels)."""
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    extra = {"use_cache": False} if getattr(model.config, "use_cache", False) else {}  # no cache object out
+    exported = torch.export.export(model, (), {**inputs, **extra}, strict=False).module()
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)
+    prepared(**inputs, **extra)
+    converted = convert_pt2e(prepared)
+    compiled = torch.compile(converted, options={"freezing": True})
+    out_type = type(model(**inputs))
+    return lambda **kw: out_type(**compiled(**kw, **extra)), ""
 
 
 def predicted_speedup(compiled, batch: int, seq: int) -> float:
@@ -60,10 +110,22 @@ def predicted_speedup(compiled, batch: int, seq: int) -> float:
 CONFIGS: dict[str, Callable] = {
     "torch.compile static+freezing": torch_compile_config(dynamic=False),
     "torch.compile dynamic+freezing": torch_compile_config(dynamic=True),
+    "bf16 + torch.compile + freezing": bf16_compile_config,
+    "torchao int8 dynamic + compile": torchao_int8_config,
+    "PT2E static int8 (X86InductorQuantizer)": pt2e_static_int8_config,
     "fxopt": fxopt_config(),
     # the A/B that keeps select-gemm-backend honest: every linear left on oneDNN, as Inductor chooses
     "fxopt without select-gemm-backend": fxopt_config(disable=("select-gemm-backend",)),
+    "fxopt bf16": fxopt_config(quantize="bf16"),
+    "fxopt int8": fxopt_config(quantize="int8"),
+    "fxopt auto": fxopt_config(quantize="auto"),
+    # the recipe that keeps SmolLM2's answers (docs/quantization.md): int8 but down_proj and lm_head in bf16
+    "fxopt int8 + bf16 down_proj & lm_head": fxopt_config(passes=",".join(
+        [*DEFAULT_PIPELINE[:-1], "smooth-activations", "quantize-dynamic-int8{skip=[lm_head,down_proj]}",
+         "cast-linears-bf16", DEFAULT_PIPELINE[-1]])),
 }
+#: the configurations a plain ``fxopt bench`` runs (the A/B above only on request)
+DEFAULT_CONFIGS = [c for c in CONFIGS if c != "fxopt without select-gemm-backend"]
 
 
 @dataclass
@@ -101,18 +163,36 @@ def combine(runs: list[Measurement]) -> Measurement:
 
 
 def accuracy(model_name: str, reference, output, inputs) -> dict:
-    """MiniLM: mean-pooled embedding cosine (min over the batch); SmolLM2: top-1 next-token agreement.
-    Both: max |Δ| / max |reference| of the main output."""
+    """On the benchmark input: max |Δ| / max |reference| of the main output (and SmolLM2's top-1 agreement)."""
     if model_name == "minilm":
-        ref, out = reference.last_hidden_state, output.last_hidden_state
-        mask = inputs["attention_mask"].unsqueeze(-1).float()
-        pooled_ref = (ref * mask).sum(1) / mask.sum(1)
-        pooled_out = (out * mask).sum(1) / mask.sum(1)
-        cosine = torch.nn.functional.cosine_similarity(pooled_ref, pooled_out, dim=-1).min().item()
-        return {"max_rel_err": _rel(out, ref), "min_cosine": cosine}
+        return {"max_rel_err": _rel(output.last_hidden_state, reference.last_hidden_state)}
     ref, out = reference.logits, output.logits
-    agree = (ref.argmax(-1) == out.argmax(-1)).float().mean().item()
-    return {"max_rel_err": _rel(out, ref), "top1_agreement": agree}
+    return {"max_rel_err": _rel(out, ref), "top1_agreement": metrics.next_token_agreement(ref, out)}
+
+
+def held_out_accuracy(model_name: str, real, candidate) -> dict:
+    """Accuracy on text no configuration was calibrated on (:mod:`fxopt.metrics`): MiniLM's min pooled cosine over
+    64 sentences of :func:`fxopt.metrics.evaluation_text` (padded to the benchmark's 128 tokens, so static
+    peers run them too); SmolLM2's perplexity on 2,048 of its tokens, relative to fp32's."""
+    with torch.no_grad():
+        if model_name == "minilm":
+            batch, seq = WORKLOADS[model_name]
+            enc = dict(real.tokenizer(metrics.evaluation_sentences(64), padding="max_length", truncation=True,
+                                      max_length=seq, return_tensors="pt"))
+            worst = 1.0
+            for i in range(0, 64, batch):
+                part = {k: v[i:i + batch] for k, v in enc.items()}
+                worst = min(worst, metrics.min_cosine(real.model(**part).last_hidden_state,
+                                                      candidate(**part).last_hidden_state, part["attention_mask"]))
+            return {"min_cosine": worst}
+        seq = WORKLOADS[model_name][1]
+
+        def logits(fn):
+            return lambda ids: fn(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+        fp32 = metrics.perplexity(logits(real.model), real.tokenizer, window=seq)
+        ppl = metrics.perplexity(logits(candidate), real.tokenizer, window=seq)
+        return {"perplexity": ppl, "perplexity_fp32": fp32}
 
 
 def _rel(a, b) -> float:
@@ -120,11 +200,14 @@ def _rel(a, b) -> float:
 
 
 def format_accuracy(acc: dict) -> str:
-    parts = [f"rel err {acc['max_rel_err']:.1e}"]
+    parts = []
     if "min_cosine" in acc:
-        parts.append(f"cos {acc['min_cosine']:.6f}")
+        parts.append(f"min cos {acc['min_cosine']:.5f}")
+    if "perplexity" in acc:
+        parts.append(f"ppl {(acc['perplexity'] / acc['perplexity_fp32'] - 1) * 100:+.2f}%")
     if "top1_agreement" in acc:
         parts.append(f"top-1 {acc['top1_agreement'] * 100:.1f}%")
+    parts.append(f"rel err {acc['max_rel_err']:.1e}")
     return ", ".join(parts)
 
 
@@ -157,9 +240,9 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3,
             cand_t.append(t2 - t1)
     predicted = predicted_speedup(candidate, batch, seq) if getattr(build, "predicts", False) else None
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    acc = {**accuracy(model_name, reference, output, inputs), **held_out_accuracy(model_name, real, candidate)}
     return Measurement(model_name, config, f"{batch}×{seq}", statistics.median(eager_t) * 1e3,
-                       statistics.median(cand_t) * 1e3, compile_s, accuracy(model_name, reference, output, inputs),
-                       extra, predicted, peak_mb)
+                       statistics.median(cand_t) * 1e3, compile_s, acc, extra, predicted, peak_mb)
 
 
 def run_worker(module: str, args: list[str], what: str) -> dict:
@@ -168,23 +251,39 @@ def run_worker(module: str, args: list[str], what: str) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     line = next((l for l in reversed(proc.stdout.splitlines()) if l.startswith("{")), None)
     if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"benchmark worker for {what} failed:\n{proc.stderr[-3000:]}")
+        raise WorkerFailed(what, proc.stderr)
     return json.loads(line)
 
 
+class WorkerFailed(RuntimeError):
+    """A benchmark configuration that could not run; its row says why instead of ending the benchmark."""
+
+    def __init__(self, what: str, stderr: str):
+        errors = [l.strip() for l in stderr.splitlines() if re.match(r"^[\w.]*(Error|Exception)\b", l.strip())]
+        self.reason = (errors[-1] if errors else stderr.strip().splitlines()[-1] if stderr.strip() else "no output")
+        super().__init__(f"benchmark worker for {what} failed:\n{stderr[-3000:]}")
+
+
 def run_isolated(model_name: str, config: str, reps: int) -> Measurement:
-    """Run :func:`measure` in a fresh Python process and read its JSON result."""
+    """Run :func:`measure` in a fresh Python process and read its JSON result (a failed configuration becomes a
+    row that says why)."""
     args = ["--models", model_name, "--configs", config, "--reps", str(reps)]
-    return Measurement(**run_worker("fxopt.tools.bench", args, f"{model_name} / {config}"))
+    try:
+        return Measurement(**run_worker("fxopt.tools.bench", args, f"{model_name} / {config}"))
+    except WorkerFailed as e:
+        print(f"[bench] {model_name} / {config} failed: {e.reason}", file=sys.stderr, flush=True)
+        batch, seq = WORKLOADS[model_name]
+        return Measurement(model_name, config, f"{batch}×{seq}", float("nan"), float("nan"), float("nan"), {},
+                           f"failed: {e.reason[:300]}")
 
 
 def table(results: list[Measurement]) -> str:
     rows = [[m.model, m.shape, m.config, f"{m.eager_ms:.1f}", f"{m.candidate_ms:.1f}", f"{m.speedup:.2f}×",
              m.spread, _prediction(m), f"{m.compile_s:.1f}", f"{m.peak_rss_mb:.0f}", format_accuracy(m.accuracy)]
-            for m in results]
+            if m.accuracy else [m.model, m.shape, m.config, *["-"] * 7, m.extra] for m in results]
     return tabulate(rows, headers=["model", "batch×seq", "configuration", "eager ms", "ms", "speed vs eager",
                                    "spread over processes", "predicted (error)", "compile s", "peak RSS MB",
-                                   "accuracy vs eager"], tablefmt="github")
+                                   "accuracy vs fp32 (held-out text)"], tablefmt="github")
 
 
 def _prediction(m: Measurement) -> str:
@@ -193,12 +292,19 @@ def _prediction(m: Measurement) -> str:
     return f"{m.predicted:.2f}× ({(m.predicted - m.speedup) / m.speedup * 100:+.0f}%)"
 
 
-def write_markdown(path: str, results: list[Measurement], command: str) -> None:
-    from fxopt.cost.roofline import cpu_model, machine_peaks
+def machine_header() -> str:
+    """The CPU model, its ISA features (AVX-512, VNNI, AMX, BF16), cores, torch, and the measured peaks."""
+    from fxopt.cost.roofline import machine_peaks
+    from fxopt.machine import machine_key
 
-    machine = (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}; peaks measured by "
-               f"fxopt.cost.machine_peaks(): {machine_peaks().describe()}")
-    passes = "\n\n".join(f"Per-pass table, fxopt on {m.model}:\n\n```\n{m.extra}\n```" for m in results if m.extra)
+    return (f"{machine_key().describe()}, {os.cpu_count()} cores; peaks measured by fxopt.cost.machine_peaks(): "
+            f"{machine_peaks().describe()}")
+
+
+def write_markdown(path: str, results: list[Measurement], command: str) -> None:
+    machine = machine_header()
+    passes = "\n\n".join(f"Per-pass table, {m.config} on {m.model}:\n\n```\n{m.extra}\n```"
+                           for m in results if m.extra and m.accuracy)
     text = (f"# Benchmarks\n\nMeasured {datetime.date.today().isoformat()} on this project's CPU machine "
             f"({machine}). Medians of interleaved runs; each configuration in its own process, with eager "
             f"timed in that same process, so compare the *speed vs eager* ratios, not absolute times "
@@ -212,7 +318,8 @@ def write_markdown(path: str, results: list[Measurement], command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fxopt bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="minilm,smollm2", help="comma-separated: minilm, smollm2")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated from: {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help=f"comma-separated from: {', '.join(CONFIGS)}")
     parser.add_argument("--reps", type=int, default=20, help="timed rounds (after warm-up); default 20")
     parser.add_argument("--processes", type=int, default=1,
                         help="measure each configuration in this many fresh processes, taking turns (default 1)")
@@ -228,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         m = measure(models_[0], configs[0], reps=args.reps)
         print(json.dumps(m.__dict__))
         return 0
+    print(f"[bench] {machine_header()}", file=sys.stderr, flush=True)
     results = []
     for model_name in models_:
         runs: dict[str, list[Measurement]] = {c: [] for c in configs}
@@ -237,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] {model_name} / {config}{of} …", file=sys.stderr, flush=True)
                 runs[config].append(run_isolated(model_name, config, args.reps))
         results.extend(combine(runs[c]) if args.processes > 1 else runs[c][0] for c in configs)
-    print(table(results))
+    print(f"{machine_header()}\n\n{table(results)}")
     if args.write:
         command = "fxopt bench " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
         write_markdown(args.write, results, command.strip())

@@ -1,6 +1,7 @@
 """The ``fxopt`` command.
 
     fxopt optimize minilm          compile a bundled model, print a before/after table
+    fxopt optimize minilm --quantize auto   ... with int8/bf16 linears planned to hold an accuracy budget
     fxopt bench                    eager vs torch.compile vs fxopt on the real models
     fxopt bench --generate         generation: time to first token, decode tokens/s (SmolLM2)
     fxopt generate smollm2 "What is the capital of France?"   stream an answer, then tokens/s
@@ -15,6 +16,8 @@ import sys
 
 from tabulate import tabulate
 
+from fxopt.quant_planner import MODES
+
 
 def _optimize(args) -> int:
     from fxopt.models import MODEL_NAMES
@@ -27,7 +30,8 @@ def _optimize(args) -> int:
     holder = {}
 
     def build(model, inputs):
-        compiled = fxopt.compile(model, inputs, passes=args.passes, verbose=args.verbose)
+        compiled = fxopt.compile(model, inputs, passes=args.passes, verbose=args.verbose, quantize=args.quantize,
+                                 accuracy_budget=args.accuracy_budget)
         holder["compiled"] = compiled
         return compiled, ""
 
@@ -44,6 +48,8 @@ def _optimize(args) -> int:
         ["compile time (s)", "-", f"{m.compile_s:.1f}"],
     ], headers=["", "before (eager)", "after (fxopt)"], tablefmt="github"))
     print(f"\n{report.pipeline.table()}")
+    if report.precision is not None:
+        print(f"\n{report.precision}")
     return 0
 
 
@@ -127,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     opt.add_argument("--passes", default=None, help="pipeline spec, e.g. 'eliminate-dead-nodes' (default pipeline)")
     opt.add_argument("--reps", type=int, default=10, help="timed rounds (default 10)")
     opt.add_argument("--verbose", action="store_true", help="print progress per pass")
+    opt.add_argument("--quantize", choices=MODES, default=None,
+                     help="run linears in int8/bf16 under an accuracy budget ('auto' plans per linear)")
+    opt.add_argument("--accuracy-budget", type=float, default=None, metavar="BOUND",
+                     help="with --quantize: MiniLM's min pooled cosine (default 0.995) or SmolLM2's relative "
+                          "perplexity increase (default 0.02)")
     opt.set_defaults(run=_optimize)
 
     bench = sub.add_parser("bench", help="eager vs torch.compile vs fxopt, side by side", add_help=False)
@@ -163,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reps must be at least 1")
     if getattr(args, "max_new_tokens", 1) < 1:
         parser.error("--max-new-tokens must be at least 1")
+    if getattr(args, "accuracy_budget", None) is not None and args.quantize is None:
+        parser.error("--accuracy-budget needs --quantize")
     try:
         return args.run(args)
     except Exception as e:  # noqa: BLE001 - fxopt's own errors print as one line

@@ -143,6 +143,9 @@ def node_rows(gm: torch.fx.GraphModule) -> list[NodeRow]:
 
 
 def _precision(node, dtype: str) -> str:
+    planned = node.meta.get("fxopt.precision")  # set by the precision passes on their kernels (and the planner)
+    if planned is not None:
+        return planned
     name = str(node.target)
     if "quantize" in name:
         return "int8 (q/dq)"

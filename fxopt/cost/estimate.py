@@ -148,7 +148,9 @@ def estimate(gm: torch.fx.GraphModule, *, fused: bool = False) -> CostReport:
             read = sum((_bytes(v, symbols) for i, a in enumerate(ins) for v in _tensor_vals(a.meta.get("val"))
                         if i not in cost.unread_inputs and not (fused and _fused_input(a, name))), ZERO)
             written = ZERO if fused and _fused_output(node, name) else sum((_bytes(v, symbols) for v in outs), ZERO)
-        dtype = str(outs[0].dtype).replace("torch.", "") if outs else ""
+        # a GEMM runs at the rate of its operands' type (uint8 × int8 → int32/fp32 is an int8 GEMM)
+        typed = in_vals[0] if in_vals and cost.matmul != 0 else (outs[0] if outs else None)
+        dtype = str(typed.dtype).replace("torch.", "") if typed is not None else ""
         nodes.append(NodeCost(node.name, name, cost.matmul, cost.elementwise, read, written, dtype, cost.is_view))
     return CostReport(nodes, unknown, graph)
 

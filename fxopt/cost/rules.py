@@ -83,6 +83,16 @@ def rule(target, in_shapes: list, out_shapes: list, args: tuple) -> OpCost | Non
         # MKL reads the packed copy, but its buffer is allocated far larger than the data it holds (11 MiB
         # for a 576×576 weight); the original weight's bytes are what the GEMM streams.
         return OpCost(matmul=2 * m * x[-1] * w[0], elementwise=bias, unread_inputs=(1,))
+    if name == "qlinear_pointwise":  # oneDNN int8 linear: (uint8 rows, packed weight (in, out), scales, ...)
+        x, w = in_shapes[0], in_shapes[1]
+        m = numel(x[:-1])
+        return OpCost(matmul=2 * m * x[-1] * w[-1], elementwise=m * w[-1])
+    if name == "qlinear_prepack":  # a constant's packing: Inductor's freezing folds it, nothing runs per call
+        return OpCost(is_view=True)
+    if name in ("_weight_int8pack_mm", "_weight_int4pack_mm_for_cpu"):  # weight-only kernels: x (rows, in)
+        x = in_shapes[0]
+        m = numel(x[:-1])
+        return OpCost(matmul=2 * m * x[-1] * out[-1], elementwise=m * out[-1])
     if name in ("mm", "_int_mm"):
         a, b = in_shapes[0], in_shapes[1]
         return OpCost(matmul=2 * a[0] * a[1] * b[1])

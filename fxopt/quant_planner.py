@@ -1,0 +1,365 @@
+"""The precision planner: per linear, int8, bf16 or fp32, chosen to hold an accuracy budget.
+
+``fxopt.compile(model, inputs, quantize="auto", calibration=batches, accuracy_budget=...)`` inserts the pass
+this module builds (``plan-precision``) after the fusions and before the passes that rewrite linears
+(``quantize-dynamic-int8``, ``cast-linears-bf16``). It does not rewrite anything itself: it labels each linear
+node with ``node.meta["fxopt.precision"]`` and the reason, and those passes rewrite the linears labelled
+with their precision. How it decides, on the calibration batches only:
+
+1. **Sensitivity.** It runs the fp32 graph once per batch, keeps each linear's input, and measures each linear's
+   own relative output error in int8 (``‖y_int8 − y‖ / ‖y‖``) — one GEMM per linear, no graph rerun; the
+   report shows it per linear.
+2. **Search.** Every plan is measured end to end by *simulating* it (:class:`PlanSimulator`: the graph
+   interpreted with fake-quantized linears, numerically what the int8 kernels compute) and scoring the outputs
+   with the budget's metric (:mod:`fxopt.metrics`). When all-int8 misses the budget, the linears are grouped
+   by role (``layers.*.mlp.down_proj``: the module path without its layer index), and each role is scored by
+   what keeping it out of int8 buys end to end. A linear's own error is a poor guide here: on SmolLM2 the
+   q/k/v projections have the largest own errors, while ``down_proj`` and ``lm_head`` decide the answers. The
+   roles then move to the higher precision, best first, until the plan holds. "auto" first tries bf16 as the
+   higher precision, then fp32 if even all-bf16 fails.
+3. **Verdict.** ``quantize="int8"`` or ``"bf16"`` puts every linear in that precision and *checks* the budget:
+   a plan that misses it raises :class:`AccuracyBudgetError` naming the most sensitive layers and what was
+   achieved, never compiles silently past it. ``fxopt.compile`` checks the compiled model again afterwards.
+
+The plan (per-layer precision, error and reason, the metric achieved) is in ``compiled.report.precision`` and
+printed with the report; ``fxopt dump`` shows each node's precision.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+from tabulate import tabulate
+
+from fxopt import metrics
+from fxopt.errors import AccuracyBudgetError, CalibrationError  # noqa: F401 - raised here, re-exported
+from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
+from fxopt.passes.quantize_dynamic_int8 import MIN_SCALE
+from fxopt.passes.quantize_weights_int8 import linear_location, quantize_per_channel
+
+aten = torch.ops.aten
+
+#: the modes of ``fxopt.compile(quantize=...)``
+MODES = ("int8", "bf16", "auto", "int8-weight-only")
+#: the pass that rewrites the linears of each precision the planner assigns
+PRECISION_PASSES = {"int8": "quantize-dynamic-int8", "bf16": "cast-linears-bf16"}
+#: the metric and bound used when ``accuracy_budget`` is a bare number or None, by output kind
+DEFAULT_BUDGETS = {"embedding": ("min_cosine", 0.995), "logits": ("perplexity", 0.02)}
+META_KEY = "fxopt.precision"
+#: "auto" plans to hold this fraction of the budget's allowed loss in simulation. Quantization is discontinuous:
+#: a 1e-7 difference flips some roundings, and the flips propagate, so two equally exact int8 runs of SmolLM2
+#: (the simulation and the real kernels) differ in perplexity on 255 tokens by about 1% (+2.56% vs +1.47%).
+#: The compiled model is then checked against the full budget.
+PLANNING_MARGIN = 0.5
+PLAN_KEY = "fxopt.precision_plan"
+
+
+@dataclass
+class Budget:
+    metric: str
+    bound: float
+
+    def with_margin(self, fraction: float) -> "Budget":
+        """The budget shrunk to ``fraction`` of its allowed loss (cosine: of ``1 - bound``)."""
+        if self.metric == "perplexity":
+            return Budget(self.metric, self.bound * fraction)
+        return Budget(self.metric, 1 - (1 - self.bound) * fraction)
+
+    def describe(self) -> str:
+        if self.metric == "perplexity":
+            return f"perplexity ≤ +{self.bound * 100:.4g}% vs fp32"
+        if self.metric == "min_cosine":
+            return f"min pooled cosine ≥ {self.bound}"
+        return f"next-token agreement ≥ {self.bound * 100:.4g}%"
+
+
+def resolve_budget(accuracy_budget: Any, output_kind: str) -> Budget:
+    """``None`` → the output kind's default; a number → that bound for the default metric; ``{"metric": bound}``."""
+    metric, bound = DEFAULT_BUDGETS[output_kind]
+    if accuracy_budget is None:
+        return Budget(metric, bound)
+    if isinstance(accuracy_budget, (int, float)) and not isinstance(accuracy_budget, bool):
+        return Budget(metric, float(accuracy_budget))
+    if isinstance(accuracy_budget, dict) and len(accuracy_budget) == 1:
+        (name, value), = accuracy_budget.items()
+        metrics.check_metric(name)
+        if output_kind == "embedding" and name != "min_cosine" or output_kind == "logits" and name == "min_cosine":
+            raise metrics.MetricError(f"metric {name!r} does not apply to this model's output ({output_kind}); "
+                                      f"use {DEFAULT_BUDGETS[output_kind][0]!r}")
+        return Budget(name, float(value))
+    raise metrics.MetricError(f"accuracy_budget must be a number or one {{metric: bound}} pair, got "
+                              f"{accuracy_budget!r}; metrics: {', '.join(metrics.METRICS)}")
+
+
+@dataclass
+class LayerChoice:
+    node: str
+    location: str  # weight name and module path
+    shape: tuple[int, int]  # (out, in)
+    int8_error: float  # the linear's own relative output error in int8, on the calibration batches
+    precision: str = "int8"
+    reason: str = ""
+
+
+@dataclass
+class PrecisionPlan:
+    mode: str
+    budget: Budget
+    layers: list[LayerChoice]
+    reference: float | None = None  # fp32's perplexity on the calibration batches (perplexity budgets)
+    simulated: float | None = None  # the chosen plan's metric, simulated on the calibration batches
+    compiled: float | None = None  # ... and measured on the compiled model
+    evaluations: int = 0
+    notes: list[str] = field(default_factory=list)
+    reference_outputs: list = field(default_factory=list, repr=False)  # fp32's outputs on the calibration batches
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for layer in self.layers:
+            out[layer.precision] = out.get(layer.precision, 0) + 1
+        return out
+
+    def table(self) -> str:
+        rows = [[l.location, f"{l.shape[1]}→{l.shape[0]}", f"{l.int8_error * 100:.2f}%", l.precision, l.reason]
+                for l in self.layers]
+        return tabulate(rows, headers=["linear", "in→out", "int8 error", "precision", "why"], tablefmt="github")
+
+    def most_sensitive(self, n: int = 5) -> str:
+        worst = sorted(self.layers, key=lambda l: -l.int8_error)[:n]
+        return ", ".join(f"{l.location} ({l.int8_error * 100:.1f}%, {l.precision})" for l in worst)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {p}" for p, n in self.counts().items())
+        got = self.compiled if self.compiled is not None else self.simulated
+        achieved = metrics.describe(self.budget.metric, got, self.reference) if got is not None else "not measured"
+        notes = "".join(f"; {n}" for n in self.notes)
+        return (f"precision plan ({self.mode}): {counts}; budget {self.budget.describe()}; achieved on the "
+                f"calibration batches: {achieved}{notes}")
+
+    def __str__(self) -> str:
+        return f"{self.summary()}\n\n{self.table()}"
+
+
+class PlanSimulator(torch.fx.Interpreter):
+    """Runs the graph with the linears named in ``precision`` computed as their quantized kernels compute them:
+    int8 = per-token asymmetric uint8 activations × per-channel symmetric int8 weights; bf16 = bf16 operands,
+    fp32 accumulation. ``record`` keeps each linear's input instead (for the sensitivity step)."""
+
+    def __init__(self, gm: torch.fx.GraphModule, precision: dict[str, str] | None = None,
+                 record: dict[str, list[torch.Tensor]] | None = None, weights: dict | None = None):
+        super().__init__(gm)
+        self.precision = precision or {}
+        self.record = record
+        self.weights = weights if weights is not None else {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        if n.op != "call_function" or n.target is not aten.linear.default:
+            return super().run_node(n)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        if self.record is not None and n.name in self.record:
+            self.record[n.name].append(args[0].detach())
+        mode = self.precision.get(n.name, "fp32")
+        if mode == "fp32":
+            return aten.linear.default(*args, **kwargs)
+        return simulate_linear(mode, args[0], args[1], args[2] if len(args) > 2 else None,
+                               self.weights, n.name)
+
+
+def simulate_linear(mode: str, x: torch.Tensor, w: torch.Tensor, bias, cache: dict, key: str) -> torch.Tensor:
+    if mode == "bf16":
+        # bf16 operands, fp32 accumulation and result: what oneDNN's bf16 GEMM returns once Inductor fuses the cast
+        out = torch.nn.functional.linear(x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float())
+    else:
+        if key not in cache:
+            q, scales = quantize_per_channel(w)
+            cache[key] = q.float() * scales[:, None].float()
+        low = x.amin(-1, keepdim=True).clamp_max(0)
+        high = x.amax(-1, keepdim=True).clamp_min(0)
+        scale = ((high - low) / 255.0).clamp_min(MIN_SCALE)
+        zero_point = torch.round(-low / scale)
+        q = (torch.round(x / scale) + zero_point).clamp(0, 255)
+        out = torch.nn.functional.linear((q - zero_point) * scale, cache[key])
+    return out + bias if bias is not None else out
+
+
+# -- what the outputs are ---------------------------------------------------------------------------------------
+@dataclass
+class OutputSpec:
+    kind: str  # "embedding" or "logits"
+    output_index: int
+    ids_index: int | None  # flat input index of input_ids
+    mask_index: int | None  # flat input index of attention_mask
+
+
+def output_spec(out_spec: pytree.TreeSpec, input_names: Sequence[str]) -> OutputSpec:
+    """Which flat output the metric reads, and which flat inputs are the ids and the mask."""
+    structure = pytree.tree_unflatten(list(range(out_spec.num_leaves)), out_spec)
+    names = list(structure.keys()) if hasattr(structure, "keys") else []
+    ids = input_names.index("input_ids") if "input_ids" in input_names else None
+    mask = input_names.index("attention_mask") if "attention_mask" in input_names else None
+    if "logits" in names and ids is not None:
+        return OutputSpec("logits", structure["logits"], ids, mask)
+    return OutputSpec("embedding", 0, ids, mask)
+
+
+class Scorer:
+    """Scores a plan's outputs against fp32's on the calibration batches with the budget's metric."""
+
+    def __init__(self, budget: Budget, spec: OutputSpec, batches: list[list[torch.Tensor]],
+                 reference: list[torch.Tensor]):
+        self.budget, self.spec, self.batches, self.reference = budget, spec, batches, reference
+        self.fp32 = self.score(reference) if budget.metric == "perplexity" else None
+
+    def score(self, outputs: list[torch.Tensor]) -> float:
+        s = self.spec
+        masks = [b[s.mask_index] if s.mask_index is not None else None for b in self.batches]
+        if self.budget.metric == "min_cosine":
+            return min(metrics.min_cosine(r, o, m) for r, o, m in zip(self.reference, outputs, masks))
+        if self.budget.metric == "next_token_agreement":
+            return sum(metrics.next_token_agreement(r, o) for r, o in zip(self.reference, outputs)) / len(outputs)
+        total, count = 0.0, 0
+        for out, batch, mask in zip(outputs, self.batches, masks):
+            nll, n = metrics.nll_sum(out, batch[s.ids_index], mask)
+            total, count = total + nll, count + n
+        return math.exp(total / max(count, 1))
+
+    def loss(self, value: float) -> float:
+        """Lower is better, whatever the metric."""
+        return value if self.budget.metric == "perplexity" else -value
+
+    def holds(self, value: float, budget: Budget | None = None) -> bool:
+        budget = budget or self.budget
+        return metrics.within(budget.metric, value, budget.bound, self.fp32)
+
+
+# -- the pass -----------------------------------------------------------------------------------------------
+@dataclass
+class PlanOptions:
+    mode: str = "auto"  # int8 | bf16 | auto
+    metric: str = ""  # empty: the output kind's default
+    bound: float = float("nan")  # nan: the metric's default
+
+
+def precision_planner(mode: str, budget: Any, calibration: list[list[torch.Tensor]],
+                      out_spec: pytree.TreeSpec, input_names: Sequence[str]) -> tuple[GraphPass, Any]:
+    """The ``plan-precision`` pass for one compile, bound to its calibration batches (flat graph inputs)."""
+    if mode not in ("int8", "bf16", "auto"):
+        raise ValueError(f"the planner plans int8, bf16 or auto, not {mode!r}")
+    spec = output_spec(out_spec, input_names)
+    resolved = resolve_budget(budget, spec.kind)
+
+    @graph_pass("plan-precision", options=PlanOptions, level=2, tolerance="exact",
+                after=("fuse-sibling-linears",), before=tuple(PRECISION_PASSES.values()))
+    def plan_precision(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+        """Label each linear int8 / bf16 / fp32 so that the accuracy budget holds (see fxopt.quant_planner)."""
+        plan = make_plan(gm, mode, resolved, spec, calibration)
+        gm.meta[PLAN_KEY] = plan
+        for l in plan.layers:
+            ctx.note(f"{l.location}: {l.precision} (int8 error {l.int8_error * 100:.2f}%: {l.reason})")
+        return PassResult(changed=False, stats={**plan.counts(), "plans simulated": plan.evaluations})
+
+    return plan_precision, PlanOptions(mode, resolved.metric, resolved.bound)
+
+
+def quantizable_linears(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    """The linears the precision passes can rewrite: fp32 2-D constant weights."""
+    from fxopt.rewriter import Rewriter
+    rw = Rewriter(gm)
+    out = []
+    for node in gm.graph.find_nodes(op="call_function", target=aten.linear.default):
+        w = rw.constant(node.args[1])
+        if w is not None and w.dtype == torch.float32 and w.dim() == 2 and not node.kwargs:
+            out.append(node)
+    return out
+
+
+def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputSpec,
+              batches: list[list[torch.Tensor]]) -> PrecisionPlan:
+    linears = quantizable_linears(gm)
+    with torch.no_grad():
+        record: dict[str, list[torch.Tensor]] = {n.name: [] for n in linears}
+        reference = [PlanSimulator(gm, record=record).run(*b)[spec.output_index] for b in batches]
+        layers = [LayerChoice(n.name, linear_location(n), tuple(_constant(gm, n.args[1]).shape),
+                              _int8_error(n, record.pop(n.name), gm)) for n in linears]
+        scorer = Scorer(budget, spec, batches, reference)
+        plan = PrecisionPlan(mode, budget, layers, reference=scorer.fp32, reference_outputs=reference)
+        weights: dict = {}
+
+        def simulate(choice: dict[str, str]) -> float:
+            plan.evaluations += 1
+            outs = [PlanSimulator(gm, choice, weights=weights).run(*b)[spec.output_index] for b in batches]
+            return scorer.score(outs)
+
+        order = sorted(layers, key=lambda l: -l.int8_error)
+        if mode in ("int8", "bf16"):  # every linear in that precision; the compiled model is checked afterwards
+            _apply(gm, plan, {l.node: mode for l in layers}, lambda l: f"quantize={mode!r}", None)
+            return plan
+        target = budget.with_margin(PLANNING_MARGIN)  # quantization noise: see PLANNING_MARGIN
+        roles: dict[str, list[LayerChoice]] = {}
+        for layer in layers:
+            roles.setdefault(role_of(layer.location), []).append(layer)
+        all_int8 = simulate({l.node: "int8" for l in layers})
+        if scorer.holds(all_int8, target):
+            _apply(gm, plan, {l.node: "int8" for l in layers}, lambda l: "int8 holds the budget", all_int8)
+            return plan
+        for high in ("bf16", "fp32"):
+            def keep(chosen: Sequence[str], high=high) -> dict[str, str]:
+                return {l.node: (high if role_of(l.location) in chosen else "int8") for l in layers}
+
+            # what keeping each role out of int8 buys, measured end to end; then the best roles first
+            gain = {r: scorer.loss(all_int8) - scorer.loss(simulate(keep([r]))) for r in roles}
+            ranked = sorted(roles, key=lambda r: -gain[r])
+            for k in range(1, len(ranked) + 1):
+                chosen = ranked[:k]
+                value = simulate(keep(chosen))
+                if scorer.holds(value, target) or (high == "fp32" and k == len(ranked)):
+                    _apply(gm, plan, keep(chosen), lambda l, high=high: (
+                        f"{role_of(l.location)} kept {high}: int8 there costs the most accuracy end to end"
+                        if l.precision == high else "int8 holds the budget"), value)
+                    plan.notes.append("roles by what int8 costs: " + ", ".join(
+                        f"{r} ({gain[r]:+.4g})" for r in ranked))
+                    return plan
+            plan.notes.append(f"even every linear in bf16 misses the budget "
+                              f"({metrics.describe(budget.metric, value, scorer.fp32)}); trying fp32")
+        raise AssertionError("unreachable: all-fp32 holds any budget")
+
+
+def role_of(location: str) -> str:
+    """What a linear does, without its layer index: ``… model.layers.3.mlp.down_proj`` → ``layers.*.mlp.down_proj``
+    (the module path of the location, the part after the weight's name)."""
+    path = location.split(" ")[-1]
+    return re.sub(r"\.\d+\.", ".*.", path).removeprefix("model.")
+
+
+def _int8_error(node: torch.fx.Node, inputs: list[torch.Tensor], gm: torch.fx.GraphModule) -> float:
+    w = _constant(gm, node.args[1])
+    num = den = 0.0
+    for x in inputs:
+        y = torch.nn.functional.linear(x, w)
+        d = simulate_linear("int8", x, w, None, {}, "") - y
+        num += float(d.pow(2).sum())
+        den += float(y.pow(2).sum())
+    return math.sqrt(num / max(den, 1e-30))
+
+
+def _constant(gm, node) -> torch.Tensor:
+    from fxopt.rewriter import Rewriter
+    return Rewriter(gm).constant(node)
+
+
+def _apply(gm, plan: PrecisionPlan, choice: dict[str, str], reason, value: float | None) -> None:
+    by_name = {n.name: n for n in gm.graph.nodes}
+    for layer in plan.layers:
+        layer.precision = choice.get(layer.node, "fp32")
+        layer.reason = reason(layer)
+        by_name[layer.node].meta[META_KEY] = layer.precision
+    plan.simulated = value
+
+
+def plan_of(gm: torch.fx.GraphModule) -> PrecisionPlan | None:
+    return gm.meta.get(PLAN_KEY)

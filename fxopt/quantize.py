@@ -1,0 +1,108 @@
+"""``fxopt.compile(quantize=...)``: from the user's request to the passes that run, and the check after.
+
+* :func:`check_request` — the mode and the budget are valid (before anything is captured);
+* :func:`bind_calibration` — each calibration batch bound and checked like a call of the compiled model, into
+  flat graph inputs;
+* :func:`precision_pipeline` — the pipeline with the planner and the precision passes inserted after the fusions;
+* :func:`verify_compiled` — the compiled model scored on the calibration batches with the budget's metric: the
+  budget the planner held in simulation must hold for the real kernels too.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from fxopt import metrics
+from fxopt.call_contract import CallContract
+from fxopt.compiled_graph import CompiledGraph
+from fxopt.errors import FxoptError, InputError
+from fxopt.graph_pass import GraphPass
+from fxopt.ir.capture import CapturedModel
+from fxopt.quant_planner import (MODES, PRECISION_PASSES, AccuracyBudgetError, CalibrationError, Scorer,
+                                 output_spec, plan_of, precision_planner)
+from fxopt.registry import get_pass
+
+Pipeline = list[tuple[GraphPass, Any]]
+
+
+def check_request(quantize: str | None, accuracy_budget: Any, calibration: Any) -> None:
+    if quantize is None:
+        if accuracy_budget is not None or calibration is not None:
+            raise FxoptError("accuracy_budget and calibration apply to a quantized compile; pass quantize="
+                             f"one of {', '.join(MODES)}")
+        return
+    if quantize not in MODES:
+        raise FxoptError(f"unknown quantize mode {quantize!r}; choose one of {', '.join(MODES)}")
+    if isinstance(accuracy_budget, dict):
+        for name in accuracy_budget:
+            metrics.check_metric(name)
+    if calibration is not None and (not isinstance(calibration, Sequence) or isinstance(calibration, (str, dict))
+                                    or len(calibration) == 0):
+        raise CalibrationError("calibration must be a non-empty list of example inputs (each a dict of tensors, "
+                               f"a tuple or a tensor, like example_inputs); got {_short(calibration)}")
+
+
+def bind_calibration(captured: CapturedModel, calibration: Sequence[Any] | None) -> list[list[torch.Tensor]]:
+    """Flat graph inputs of every calibration batch (the example inputs when there is none)."""
+    if calibration is None:
+        return [list(captured.example_inputs)]
+    contract = CallContract(captured)
+    batches = []
+    for i, batch in enumerate(calibration):
+        args, kwargs = ((), dict(batch)) if hasattr(batch, "keys") else (
+            (batch,) if isinstance(batch, torch.Tensor) else tuple(batch), {})
+        try:
+            batches.append(contract.flat_inputs(args, kwargs))
+        except InputError as e:
+            raise CalibrationError(f"calibration batch {i} does not fit the compiled model: {e}") from None
+    return batches
+
+
+def precision_pipeline(pipeline: Pipeline, quantize: str, accuracy_budget: Any, batches: list[list[torch.Tensor]],
+                       captured: CapturedModel) -> Pipeline:
+    """``pipeline`` with what ``quantize`` needs inserted before its target stage (after the fusions)."""
+    names = [p.name for p, _ in pipeline]
+    at = next((i for i, (p, _) in enumerate(pipeline) if p.stage == "target"), len(pipeline))
+    if quantize == "int8-weight-only":
+        added = [] if "quantize-weights-int8" in names else [_default("quantize-weights-int8")]
+    else:
+        input_names = [s.path for s in captured.tensor_slots]
+        added = [_default("smooth-activations")] if quantize != "bf16" and "smooth-activations" not in names else []
+        added += [precision_planner(quantize, accuracy_budget, batches, captured.out_spec, input_names)]
+        added += [_default(PRECISION_PASSES[p]) for p in ("int8", "bf16") if PRECISION_PASSES[p] not in names]
+    return [*pipeline[:at], *added, *pipeline[at:]]
+
+
+def _default(name: str) -> tuple[GraphPass, Any]:
+    p = get_pass(name)
+    return p, p.options() if p.options else None
+
+
+def verify_compiled(graph: CompiledGraph, batches: list[list[torch.Tensor]]) -> None:
+    """Score the compiled graph on the calibration batches and record its precision plan in its report; raise
+    when it misses the budget."""
+    plan = plan_of(graph.graph_module)
+    if plan is None:  # a mode without a plan (int8-weight-only)
+        return
+    graph.report.precision = plan
+    captured = graph.captured
+    spec = output_spec(captured.out_spec, [s.path for s in captured.tensor_slots])
+    with torch.no_grad():
+        outputs = [graph(*b)[spec.output_index] for b in batches]
+    scorer = Scorer(plan.budget, spec, batches, plan.reference_outputs)
+    plan.compiled = scorer.score(outputs)
+    if not scorer.holds(plan.compiled):
+        simulated = ("" if plan.simulated is None else f" (the plan's simulation gave "
+                     f"{metrics.describe(plan.budget.metric, plan.simulated, scorer.fp32)})")
+        advice = ("use quantize='auto' to keep the most sensitive linears in higher precision, or loosen "
+                  "accuracy_budget" if plan.mode != "auto" else "loosen accuracy_budget or calibrate on more data")
+        raise AccuracyBudgetError(
+            f"quantize={plan.mode!r} misses the accuracy budget ({plan.budget.describe()}) on the calibration "
+            f"batches: {metrics.describe(plan.budget.metric, plan.compiled, scorer.fp32)}{simulated}. The most "
+            f"sensitive linears (own int8 error, precision): {plan.most_sensitive()}. {advice}.")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) < 60 else text[:57] + "..."

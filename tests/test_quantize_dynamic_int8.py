@@ -1,0 +1,92 @@
+"""quantize-dynamic-int8 and cast-linears-bf16: the rewritten graph, its accuracy, and proof from Inductor's
+generated code that oneDNN's int8 GEMM (with a weight packed once) and the bf16 GEMM run."""
+import torch
+from torch._inductor.utils import run_and_get_code
+
+import fxopt
+from conftest import MLP as GeluMLP
+from conftest import rel_err as _rel
+from fxopt.passes.quantize_dynamic_int8 import quantize_rows
+from fxopt.rewriter import Rewriter
+from fxopt.testing import check_pass, filecheck
+
+
+def MLP():
+    return GeluMLP(act=torch.nn.functional.gelu)
+
+
+def test_per_token_quantization_round_trips_within_half_a_step():
+    """Rows of very different ranges, one all-negative and one all-zero: each row gets its own scale and zero
+    point, so every element comes back within half of its own row's step."""
+    x = torch.randn(5, 40) * torch.tensor([0.01, 1.0, 30.0, 1.0, 0.0])[:, None]
+    x[3] = -x[3].abs() - 1
+    gm = torch.fx.symbolic_trace(torch.nn.Identity())
+    graph = gm.graph
+    placeholder = next(iter(graph.nodes))
+    placeholder.meta["val"] = torch.empty(5, 40)
+    rw = Rewriter(gm)
+    out_node = graph.find_nodes(op="output")[0]
+    q, scale, zp = quantize_rows(rw, placeholder, out_node)
+    out_node.args = ((q, scale, zp),)
+    gm.recompile()
+    q, scale, zp = gm(x)
+    assert q.dtype == torch.uint8
+    back = (q.float() - zp) * scale
+    assert ((back - x).abs() <= scale / 2 + 1e-6).all()
+    assert torch.equal(back[4], torch.zeros(40))
+
+
+def test_pass_rewrites_linears_to_the_onednn_int8_linear():
+    torch.manual_seed(0)
+    opts = fxopt.passes.quantize_dynamic_int8.make_options(skip=["head"])
+    result = check_pass("quantize-dynamic-int8", MLP().eval(), torch.randn(4, 10, 64), options=opts, rtol=5e-2)
+    assert result.stats["linears"] == 2 and result.stats["kept fp32 (skip)"] == 1
+    filecheck(result.after, """
+        CHECK: %_fxopt_linear_int8 = const : i8[256, 64]
+        CHECK-NEXT: %_fxopt_linear_scales = const : f32[256]
+        CHECK-NEXT: %_fxopt_linear_colsum = const : f32[256]
+        CHECK: aten._to_copy(%clamp_default, dtype=uint8) : u8[10*batch, 64]
+        CHECK-NEXT: onednn.qlinear_prepack(%_fxopt_linear_int8, None)
+        CHECK-NEXT: onednn.qlinear_pointwise(%_to_copy_default, 1.0, 0, %qlinear_prepack_default, %_fxopt_linear_scales
+        CHECK-NEXT: aten.mul.Tensor(%round_default, %_fxopt_linear_colsum)
+        CHECK-NEXT: aten.sub.Tensor(%qlinear_pointwise_default, %mul_tensor)
+        CHECK-NEXT: aten.mul.Tensor(%sub_tensor_1, %clamp_min_default_1)
+        CHECK-NEXT: aten.add.Tensor(%mul_tensor_1, %up.bias)
+        CHECK: aten.linear(%view_default_3, %head.weight, %head.bias) : f32[batch, 10, 32]
+    """)
+    assert 1e-4 < result.max_rel_error < 5e-2  # lossy, by about what 8-bit activations and weights cost
+
+
+def test_inductor_runs_onednn_int8_gemms_with_weights_packed_once():
+    torch.manual_seed(0)
+    model, x = MLP().eval(), torch.randn(4, 10, 64)
+    compiled, (code, *_) = run_and_get_code(
+        lambda: fxopt.compile(model, x, passes="eliminate-dead-nodes,quantize-dynamic-int8"))
+    calls = [line for line in code.splitlines() if "= torch.ops.onednn.qlinear_pointwise" in line]
+    assert len(calls) == 3  # the int8 GEMM, on every call
+    assert all("_frozen_param" in line for line in calls)  # ... on weights packed into constants by freezing
+    assert "= torch.ops.onednn.qlinear_prepack" not in code  # so nothing packs at run time
+    assert "mkldnn._linear_pointwise" not in code and "extern_kernels.addmm" not in code  # no fp32 GEMM left
+    assert _rel(compiled(x), model(x)) < 5e-2
+    x2 = torch.randn(7, 10, 64)  # another batch size: the same compiled code
+    assert _rel(compiled(x2), model(x2)) < 5e-2
+
+
+def test_bf16_pass_and_its_gemm_in_inductor():
+    torch.manual_seed(0)
+    model, x = MLP().eval(), torch.randn(4, 10, 64)
+    result = check_pass("cast-linears-bf16", model, x, rtol=2e-2)
+    assert result.stats["linears"] == 3
+    filecheck(result.after, """
+        CHECK: %_fxopt_linear_bf16 = const : bf16[256, 64]
+        CHECK: aten._to_copy(%view_default, dtype=bfloat16) : bf16[10*batch, 64]
+        CHECK-NEXT: aten.linear(%_to_copy_default, %_fxopt_linear_bf16) : bf16[10*batch, 256]
+        CHECK-NEXT: aten._to_copy(%linear_default, dtype=float32) : f32[10*batch, 256]
+        CHECK-NEXT: aten.add.Tensor(%_to_copy_default_1, %up.bias)
+        CHECK: aten.gelu
+    """)
+    compiled, (code, *_) = run_and_get_code(
+        lambda: fxopt.compile(model, x, passes="eliminate-dead-nodes,cast-linears-bf16"))
+    assert code.count("torch.ops.mkldnn._linear_pointwise.default(") == 3  # oneDNN, packed bf16 weights
+    assert "torch.bfloat16" in code
+    assert _rel(compiled(x), model(x)) < 2e-2
