@@ -17,9 +17,10 @@ with their precision. How it decides, on the calibration batches only:
    q/k/v projections have the largest own errors, while ``down_proj`` and ``lm_head`` decide the answers. The
    roles then move to the higher precision, best first, until the plan holds. "auto" first tries bf16 as the
    higher precision, then fp32 if even all-bf16 fails.
-3. **Verdict.** ``quantize="int8"`` or ``"bf16"`` puts every linear in that precision and *checks* the budget:
-   a plan that misses it raises :class:`AccuracyBudgetError` naming the most sensitive layers and what was
-   achieved, never compiles silently past it. ``fxopt.compile`` checks the compiled model again afterwards.
+3. **Verdict.** ``quantize="int8"`` or ``"bf16"`` puts every linear in that precision. Whatever the mode,
+   ``fxopt.compile`` then scores the *compiled* model on the calibration batches (:mod:`fxopt.quantize`): a
+   miss raises :class:`fxopt.AccuracyBudgetError` naming the most sensitive linears and what was achieved, so
+   nothing compiles silently past the budget.
 
 The plan (per-layer precision, error and reason, the metric achieved) is in ``compiled.report.precision`` and
 printed with the report; ``fxopt dump`` shows each node's precision.
@@ -37,7 +38,6 @@ import torch.utils._pytree as pytree
 from tabulate import tabulate
 
 from fxopt import metrics
-from fxopt.errors import AccuracyBudgetError, CalibrationError  # noqa: F401 - raised here, re-exported
 from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.passes.quantize_dynamic_int8 import MIN_SCALE
 from fxopt.passes.quantize_weights_int8 import linear_location, quantize_per_channel
@@ -295,7 +295,6 @@ def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputS
             outs = [PlanSimulator(gm, choice, weights=weights).run(*b)[spec.output_index] for b in batches]
             return scorer.score(outs)
 
-        order = sorted(layers, key=lambda l: -l.int8_error)
         if mode in ("int8", "bf16"):  # every linear in that precision; the compiled model is checked afterwards
             _apply(gm, plan, {l.node: mode for l in layers}, lambda l: f"quantize={mode!r}", None)
             return plan

@@ -16,11 +16,10 @@ import torch
 from fxopt import metrics
 from fxopt.call_contract import CallContract
 from fxopt.compiled_graph import CompiledGraph
-from fxopt.errors import FxoptError, InputError
+from fxopt.errors import AccuracyBudgetError, CalibrationError, FxoptError, InputError
 from fxopt.graph_pass import GraphPass
 from fxopt.ir.capture import CapturedModel
-from fxopt.quant_planner import (MODES, PRECISION_PASSES, AccuracyBudgetError, CalibrationError, Scorer,
-                                 output_spec, plan_of, precision_planner)
+from fxopt.quant_planner import MODES, PRECISION_PASSES, Scorer, output_spec, plan_of, precision_planner
 from fxopt.registry import get_pass
 
 Pipeline = list[tuple[GraphPass, Any]]

@@ -6,7 +6,7 @@ import torch
 import fxopt
 from conftest import MLP
 from fxopt import metrics
-from fxopt.quant_planner import AccuracyBudgetError, CalibrationError
+from fxopt import AccuracyBudgetError, CalibrationError
 
 
 @pytest.fixture
