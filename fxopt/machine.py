@@ -73,3 +73,26 @@ def cache_dir() -> Path:
 def cache_file(kind: str) -> Path:
     """``~/.cache/fxopt/<kind>-<machine digest>.json``: one file per kind of measurement and machine."""
     return cache_dir() / f"{kind}-{machine_key().digest()}.json"
+
+
+def writable_output(path: str) -> str | None:
+    """Why ``path`` cannot be written (checked before any work starts), or None when it can."""
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        return f"{path} is a directory; give a file name"
+    if not parent.is_dir():
+        return f"the folder {parent} does not exist; create it first or choose another path"
+    if not os.access(parent, os.W_OK):
+        return f"the folder {parent} is not writable"
+    return None
+
+
+def clear_cache() -> list[Path]:
+    """Delete fxopt's measurement caches (machine peaks, GEMM timings) for every machine; returns what it removed."""
+    removed = []
+    if cache_dir().is_dir():
+        for f in sorted(cache_dir().glob("*.json")):
+            f.unlink()
+            removed.append(f)
+    return removed

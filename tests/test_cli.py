@@ -62,3 +62,22 @@ def test_generate_streams_an_answer_and_reports_speed():
 def test_bench_configuration_names_survive_the_comma_separated_flag():
     from fxopt.tools.bench import CONFIGS, DEFAULT_CONFIGS
     assert all("," not in name for name in CONFIGS) and set(DEFAULT_CONFIGS) <= set(CONFIGS)
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
+    from fxopt.tools.cli import main
+    assert main(["dump", "minilm", "--out", "/nonexistent/dir/x.txt"]) == 2
+    assert "--out: the folder /nonexistent/dir does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--write", str(tmp_path)])
+    assert f"--write: {tmp_path} is a directory" in capsys.readouterr().err
+
+
+def test_cache_list_and_clear(tmp_path, monkeypatch, capsys):
+    from fxopt.tools.cli import main
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    (tmp_path / "fxopt").mkdir()
+    (tmp_path / "fxopt" / "gemm-abc.json").write_text("{}")
+    assert main(["cache"]) == 0 and "gemm-abc.json" in capsys.readouterr().out
+    assert main(["cache", "clear"]) == 0 and "removed 1 cached" in capsys.readouterr().out
+    assert not list((tmp_path / "fxopt").glob("*.json"))

@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in models_ if m not in WORKLOADS] + [c for c in configs if c not in CONFIGS]
     if bad or args.reps < 1 or args.processes < 1:
         parser.error(f"unknown model or configuration: {bad}" if bad else "--reps and --processes must be at least 1")
+    from fxopt.machine import writable_output
+    if args.write and writable_output(args.write):
+        parser.error(f"--write: {writable_output(args.write)}")
     if args.worker:
         m = measure(models_[0], configs[0], reps=args.reps)
         print(json.dumps(m.__dict__))

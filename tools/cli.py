@@ -8,6 +8,7 @@
     fxopt chat smollm2             talk to it (one compilation, then a prompt per line)
     fxopt dump minilm --format table   the graph, per node, after the pipeline (see fxopt dump -h)
     fxopt passes                   list the passes fxopt knows (its own and installed plugins)
+    fxopt cache [clear]            list (or delete) the cached machine peaks and GEMM timings
 """
 from __future__ import annotations
 
@@ -114,6 +115,18 @@ def _add_generation_options(p) -> None:
     p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the model's chat template")
 
 
+def _cache(args) -> int:
+    from fxopt.machine import cache_dir, clear_cache
+
+    if args.action == "clear":
+        removed = clear_cache()
+        print(f"removed {len(removed)} cached measurement file(s) from {cache_dir()}")
+        return 0
+    files = sorted(cache_dir().glob("*.json")) if cache_dir().is_dir() else []
+    print(f"{cache_dir()}: {len(files)} file(s)" + "".join(f"\n  {f.name}" for f in files))
+    return 0
+
+
 def _passes(args) -> int:
     from fxopt.pipeline import DEFAULT_PIPELINE
     from fxopt.registry import available_passes
@@ -155,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     chat = sub.add_parser("chat", help="compile a causal LM once, then answer a prompt per line of input")
     _add_generation_options(chat)
     chat.set_defaults(run=_chat)
+
+    cache = sub.add_parser("cache", help="list fxopt's measurement caches (machine peaks, GEMM timings), or clear them")
+    cache.add_argument("action", nargs="?", choices=["list", "clear"], default="list")
+    cache.set_defaults(run=_cache)
 
     lst = sub.add_parser("passes", help="list the available passes")
     lst.set_defaults(run=_passes)

@@ -399,7 +399,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from fxopt.errors import FxoptError
 
+    from fxopt.machine import writable_output
+
     args = parser().parse_args(argv)
+    problem = writable_output(args.out) if args.out else None
+    if problem:  # before the model loads, not after the work is done
+        print(f"fxopt dump: error: --out: {problem}", file=sys.stderr)
+        return 2
     try:
         text = run(args)
     except (DumpError, FxoptError) as e:
