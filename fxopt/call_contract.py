@@ -56,7 +56,7 @@ class CallContract:
             default = captured.signature.parameters.get(key)
             default = default.default if default is not None else inspect.Parameter.empty
             if value is not None and value is not default:
-                raise InputError(f"argument {key}={_short(value)} was not part of the captured call; compile "
+                raise InputError(f"argument {key}={short_repr(value)} was not part of the captured call; compile "
                                  f"with it in example_kwargs (compiled: {self.describe_inputs()})")
         leaves, spec = pytree.tree_flatten(((), call))
         if spec != captured.in_spec:
@@ -65,7 +65,7 @@ class CallContract:
                 got = pytree.tree_structure(call[key])
                 if got != want:
                     kind = "a tensor" if want.is_leaf() else f"structured like {want}"
-                    raise InputError(f"input {key!r} must be {kind}, got {_short(call[key])} "
+                    raise InputError(f"input {key!r} must be {kind}, got {short_repr(call[key])} "
                                      f"(compiled: {self.describe_inputs()})")
         return self.check_leaves(leaves)
 
@@ -75,7 +75,7 @@ class CallContract:
         for slot, value in zip(self.captured.slots, leaves):
             if not slot.is_tensor:
                 if not _same_constant(value, slot.value):
-                    raise InputError(f"argument {slot.path}={_short(value)} differs from the value it was compiled "
+                    raise InputError(f"argument {slot.path}={short_repr(value)} differs from the value it was compiled "
                                      f"with ({slot.value!r}); non-tensor arguments are fixed at compile time")
                 continue
             if not isinstance(value, torch.Tensor):
@@ -104,8 +104,9 @@ class CallContract:
             tensors.append(value.contiguous())
         for i, rows in self.index_bounds.items():  # the compiled code indexes without bounds checks
             ids = tensors[i]
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
-                bad = int(ids.max()) if int(ids.max()) >= rows else int(ids.min())
+            low, high = (int(ids.min()), int(ids.max())) if ids.numel() else (0, 0)
+            if low < 0 or high >= rows:
+                bad = high if high >= rows else low
                 raise InputError(f"input {self.captured.tensor_slots[i].path!r} holds index {bad}, outside the "
                                  f"table it selects rows of ({rows} rows: valid ids are 0..{rows - 1})")
         return tensors
@@ -139,7 +140,7 @@ def _same_constant(a, b) -> bool:
         return a is b
 
 
-def _short(value) -> str:
+def short_repr(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"<tensor {str(value.dtype).replace('torch.', '')}{list(value.shape)}>"
     text = repr(value)

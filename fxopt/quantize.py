@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from fxopt import metrics
-from fxopt.call_contract import CallContract
+from fxopt.call_contract import CallContract, short_repr
 from fxopt.compiled_graph import CompiledGraph
 from fxopt.errors import AccuracyBudgetError, CalibrationError, FxoptError, InputError
 from fxopt.graph_pass import GraphPass
@@ -39,7 +39,7 @@ def check_request(quantize: str | None, accuracy_budget: Any, calibration: Any) 
     if calibration is not None and (not isinstance(calibration, Sequence) or isinstance(calibration, (str, dict))
                                     or len(calibration) == 0):
         raise CalibrationError("calibration must be a non-empty list of example inputs (each a dict of tensors, "
-                               f"a tuple or a tensor, like example_inputs); got {_short(calibration)}")
+                               f"a tuple or a tensor, like example_inputs); got {short_repr(calibration)}")
 
 
 def bind_calibration(captured: CapturedModel, calibration: Sequence[Any] | None) -> list[list[torch.Tensor]]:
@@ -101,7 +101,3 @@ def verify_compiled(graph: CompiledGraph, batches: list[list[torch.Tensor]]) -> 
             f"batches: {metrics.describe(plan.budget.metric, plan.compiled, scorer.fp32)}{simulated}. The most "
             f"sensitive linears (own int8 error, precision): {plan.most_sensitive()}. {advice}.")
 
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) < 60 else text[:57] + "..."
