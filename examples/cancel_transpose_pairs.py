@@ -4,11 +4,11 @@ Before::
 
     %transpose = aten.transpose.int(%x, 1, 2) : f32[batch, 4, 3]
     %transpose_1 = aten.transpose.int(%transpose, 1, 2) : f32[batch, 3, 4]
-    %relu = aten.relu(%transpose_1)
+    %relu = aten.relu(%transpose_1) : f32[batch, 3, 4]
 
 After::
 
-    %relu = aten.relu(%x)
+    %relu = aten.relu(%x) : f32[batch, 3, 4]
 """
 import torch
 

@@ -2,18 +2,18 @@
 
 Before (GPT-2's ``NewGELUActivation``, eight nodes)::
 
-    %pow_1 = aten.pow.Tensor_Scalar(%linear, 3.0)
-    %mul = aten.mul.Tensor(%pow_1, 0.044715)
-    %add = aten.add.Tensor(%linear, %mul)
-    %mul_1 = aten.mul.Tensor(%add, 0.7978845608028654)
-    %tanh = aten.tanh(%mul_1)
-    %add_1 = aten.add.Tensor(%tanh, 1.0)
-    %mul_2 = aten.mul.Tensor(%linear, 0.5)
-    %mul_3 = aten.mul.Tensor(%mul_2, %add_1)
+    %mul = aten.mul.Tensor(%x, 0.5) : f32[batch, 8]
+    %pow_1 = aten.pow.Tensor_Scalar(%x, 3.0) : f32[batch, 8]
+    %mul_1 = aten.mul.Tensor(%pow_1, 0.044715) : f32[batch, 8]
+    %add = aten.add.Tensor(%x, %mul_1) : f32[batch, 8]
+    %mul_2 = aten.mul.Tensor(%add, 0.7978845608028654) : f32[batch, 8]
+    %tanh = aten.tanh(%mul_2) : f32[batch, 8]
+    %add_1 = aten.add.Tensor(%tanh, 1.0) : f32[batch, 8]
+    %mul_3 = aten.mul.Tensor(%mul, %add_1) : f32[batch, 8]
 
 After::
 
-    %gelu = aten.gelu(%linear, approximate='tanh')
+    %gelu_default = aten.gelu(%x, approximate='tanh') : f32[batch, 8]
 """
 import math
 

@@ -5,16 +5,18 @@
 
 Public API: :func:`compile`; one graph at a time: :func:`compile_graph` (with a :class:`ConstantPool`
 shared by a model's graphs); writing passes: :func:`graph_pass`, :func:`node_rewrite`,
-:class:`Rewriter`, :class:`PassResult`; running them: :class:`PassManager` and its instruments;
+:class:`Rewriter`, :class:`PassResult`, :func:`pattern_pass`; adding them to the default pipeline:
+:func:`register_pass`; running them: :class:`PassManager` and its instruments;
 the IR: :mod:`fxopt.ir`; errors: :class:`FxoptError` and its subclasses.
 """
 from fxopt.errors import (AccuracyBudgetError, CalibrationError, CaptureError, FxoptError, InputError,
-                          NumericsError, PassError, PipelineSpecError, VerificationError)
+                          ModelSourceError, NumericsError, PassError, PipelineSpecError, VerificationError)
 from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.rewriter import Rewriter, node_rewrite
 from fxopt.pattern import Match, PatternError, PatternRule, pattern_pass
 from fxopt.pass_manager import Instrument, NumericCheck, PassManager, PrintAfter, Timing, Verify
-from fxopt.pipeline import DEFAULT_PIPELINE, build_pipeline, format_spec, parse_spec
+from fxopt.pipeline import DEFAULT_PIPELINE, build_pipeline, default_pipeline, format_spec, parse_spec
+from fxopt.registry import register_pass, unregister_pass
 from fxopt.constant_pool import ConstantPool
 from fxopt.compiled_graph import CompiledGraph, CompileOptions, compile_graph
 from fxopt.api import CompileReport, compile  # noqa: A004 - fxopt.compile is the product's name
@@ -26,8 +28,9 @@ __all__ = [
     "compile", "CompileReport",
     "graph_pass", "node_rewrite", "pattern_pass", "PatternRule", "PatternError", "Match", "GraphPass", "PassContext", "PassResult", "Rewriter",
     "PassManager", "Instrument", "NumericCheck", "PrintAfter", "Timing", "Verify",
-    "DEFAULT_PIPELINE", "build_pipeline", "parse_spec", "format_spec",
+    "DEFAULT_PIPELINE", "default_pipeline", "build_pipeline", "parse_spec", "format_spec", "register_pass",
+    "unregister_pass",
     "compile_graph", "CompiledGraph", "CompileOptions", "ConstantPool",
     "FxoptError", "CaptureError", "InputError", "NumericsError", "PassError", "PipelineSpecError",
-    "VerificationError", "AccuracyBudgetError", "CalibrationError",
+    "VerificationError", "AccuracyBudgetError", "CalibrationError", "ModelSourceError",
 ]

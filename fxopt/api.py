@@ -6,6 +6,8 @@ The steps, each in its own module: :func:`fxopt.ir.capture` (``torch.export`` in
 """
 from __future__ import annotations
 
+import sys
+
 from collections.abc import Mapping
 from typing import Any, Sequence
 
@@ -80,8 +82,12 @@ def compile(
     options = CompileOptions(backend=backend, check_numerics=check_numerics, numeric_rtol=numeric_rtol,
                              on_numeric_failure=on_numeric_failure, verify=verify, print_after=print_after,
                              instruments=tuple(instruments), verbose=verbose)
+    if verbose:
+        print(f"[fxopt] capturing {type(model).__name__} with torch.export …", file=sys.stderr, flush=True)
     captured = capture(model, args, kwargs, dynamic=dynamic, dims=dict(dims) if dims else None,
                        dim_axes={k: dict(v) for k, v in dim_axes.items()} if dim_axes else None)
+    if verbose:
+        print(f"[fxopt] running {len(pipeline)} passes (one line each) …", file=sys.stderr, flush=True)
     graph_pipeline = pipeline
     if quantize is not None:
         batches = quantization.bind_calibration(captured, calibration)

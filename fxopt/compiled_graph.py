@@ -116,7 +116,13 @@ def compile_graph(captured: CapturedModel, pipeline: Sequence[tuple[GraphPass, A
     pipeline_report = manager.run(gm, captured.example_inputs)
     passes_seconds = time.perf_counter() - start
 
+    if options.verbose:
+        print(f"[fxopt] lowering{f' {name}' if name else ''} with {options.backend} (Inductor: the longest step, about a "
+              "minute for SmolLM2 the first time, seconds once its cache is warm) …", file=sys.stderr, flush=True)
+    started = time.perf_counter()
     lowered = lower(gm, captured.fake_inputs(), options.backend)
+    if options.verbose:
+        print(f"[fxopt] lowered in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     notes = list(captured.notes)
     if options.backend == "inductor":
         released = release_own_constants(gm)

@@ -40,3 +40,7 @@ class AccuracyBudgetError(FxoptError):
 
 class CalibrationError(FxoptError, ValueError):
     """Calibration data for a quantized compile that is missing, empty, or does not fit the compiled model."""
+
+
+class ModelSourceError(FxoptError, ValueError):
+    """A MODEL argument that names nothing loadable (:mod:`fxopt.model_source`): the file or function and the fix."""

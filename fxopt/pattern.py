@@ -11,14 +11,30 @@
 
 The pattern is traced with ``torch.export`` to the same ATen level as captured models and cleaned by
 ``eliminate-dead-nodes`` and ``canonicalize`` (the graph it runs on is too), so it survives no-op casts
-and views, and the several spellings of a transpose or softmax dim, in modeling code. Tensor parameters match any value; parameters with a number default (``eps=1e-6``) match any
-literal in that position and are handed to the replacement with the value found; every other literal must
-be equal. The replacement is called on proxies of the matched values (``.shape``/``.dtype``/``.dim()``
-read the match's metadata) and should call ``torch.ops.aten`` ops. ``where(match) -> bool | str`` can reject
-a match (a string says why); rejections and literal mismatches are reported in the pass's diagnostics,
-so a pattern that stops firing after a modeling change says where and why.
+and views, and the several spellings of a transpose or softmax dim, in modeling code.
 
-When the pass is created, pattern and replacement are run on the example inputs and must agree.
+* Tensor parameters match any value; a variable used twice must be the same value both times.
+* Parameters with a number default (``eps=1e-6``) match any literal in the place where the pattern uses
+  them, and the replacement receives the value found. The pattern is traced with a distinctive value for
+  each, so only those places are slots; every other literal must be equal.
+* Operands of commutative ops (``mul``, ``add``, …) match in either order (``commutative=False`` on a
+  :class:`PatternRule` turns that off).
+* The replacement is called on proxies of the matched values (``.shape``/``.dtype``/``.dim()`` read the
+  match's metadata) and must call operators (``torch.ops.aten.silu.default``, or the overload packet
+  ``aten.silu``, resolved by the arguments); a Python function such as ``torch.nn.functional.silu`` is
+  rejected when the pass is created.
+* ``where(match) -> bool | str`` can reject a match (a string says why).
+
+Rejections, differing literals, variables bound to two values and operands in an order a rule does not take
+are reported in the pass's diagnostics, so a pattern that stops firing after a modeling change says where
+and why. When the pass is created, pattern and replacement are run on the example inputs and must agree.
+
+Several rules in one pass, highest ``priority`` first::
+
+    fuse_attention = pattern_pass("fuse-attention", rules=[
+        PatternRule("masked attention", masked_attention, masked_sdpa, (q, k, v, mask), priority=1),
+        PatternRule("attention", attention, sdpa, (q, k, v)),
+    ])
 """
 from __future__ import annotations
 
@@ -28,13 +44,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx
-from torch.fx.passes.utils.matcher_utils import SubgraphMatcher
 from torch.fx.proxy import GraphAppendingTracer, Proxy
 
 from fxopt.errors import PassError
 from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.ir.meta import infer_meta, symbol_map
-from fxopt.ir.printer import format_node
+from fxopt.ir import ops
+from fxopt.pattern_matcher import GraphMatcher, bind_literals, explain_near_misses, sentinels
 from fxopt.rewriter import Rewriter, inherit_location, is_erased
 
 
@@ -71,9 +87,11 @@ class PatternRule:
     where: Callable[[Match], bool | str] | None = None
     priority: int = 0
     rtol: float = 1e-5
+    commutative: bool = True
     _graph: torch.fx.Graph | None = field(default=None, repr=False)
     _tensor_params: list[str] = field(default_factory=list, repr=False)
     _scalar_params: dict[str, Any] = field(default_factory=dict, repr=False)
+    _slots: dict[tuple[str, int], str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         sig = inspect.signature(self.pattern)
@@ -86,6 +104,7 @@ class PatternRule:
             raise PatternError(f"pattern {self.name!r} takes tensors {self._tensor_params} but "
                                f"{len(self.example_inputs)} example inputs were given")
         self._check_numerics()  # cheap: runs both functions on the small example inputs
+        self._check_replacement_ops()
 
     @property
     def graph(self) -> torch.fx.Graph:
@@ -103,11 +122,25 @@ class PatternRule:
             raise PatternError(f"the replacement of pattern {self.name!r} differs from the pattern by {err:.3g} "
                                "on the example inputs")
 
+    def _check_replacement_ops(self) -> None:
+        """Call the replacement on proxies of the example inputs: it must emit operators only."""
+        graph = torch.fx.Graph()
+        gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+        inputs = []
+        for name, example in zip(self._tensor_params, self.example_inputs):
+            node = graph.placeholder(name)
+            node.meta["val"] = example
+            inputs.append(node)
+        out = graph.output(None)
+        with torch.no_grad():
+            _insert_replacement(self, gm, out, inputs, self._scalar_params)
+
     def _trace(self) -> torch.fx.Graph:
         from fxopt.passes.canonicalize import canonicalize
         from fxopt.passes.eliminate_dead_nodes import eliminate_dead_nodes
 
-        pattern, scalars, names = self.pattern, self._scalar_params, self._tensor_params
+        pattern, names = self.pattern, self._tensor_params
+        scalars = sentinels(self._scalar_params)
 
         class Wrapper(torch.nn.Module):
             def forward(self, *args):
@@ -117,7 +150,10 @@ class PatternRule:
             with torch.no_grad():
                 gm = torch.export.export(Wrapper(), tuple(self.example_inputs), strict=False).module()
         except Exception as e:  # noqa: BLE001
-            raise PatternError(f"pattern {self.name!r} could not be traced: {type(e).__name__}: {e}") from e
+            hint = (f" (it is traced with distinctive values for its number parameters {list(scalars)}: a number "
+                    "that sets a shape or a dim cannot be a parameter; write it as a literal)" if scalars else "")
+            raise PatternError(f"pattern {self.name!r} could not be traced{hint}: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}") from e
         for node in list(gm.graph.find_nodes(op="call_module")):
             gm.graph.erase_node(node)
         eliminate_dead_nodes(gm)
@@ -127,17 +163,29 @@ class PatternRule:
             node.name = node.target = name
         if any(n.op == "get_attr" for n in graph.nodes):
             raise PatternError(f"pattern {self.name!r} creates constants; pass tensors in as parameters")
+        slots = _sentinel_slots(graph, scalars)
+        missing = [name for name in scalars if name not in slots.values()]
+        if missing:
+            raise PatternError(f"pattern {self.name!r}: number parameter(s) {missing} do not appear as a literal in "
+                               "the traced graph (used only in arithmetic on other numbers, or in a shape); "
+                               "make them literals of the pattern")
+        self._slots = slots
         return graph
 
     def literal_slots(self) -> dict[tuple[str, int], str]:
-        """(pattern node name, arg index) → scalar parameter name, for literals equal to a scalar default."""
-        slots = {}
-        for node in self.graph.nodes:
-            for i, a in enumerate(node.args):
-                for name, default in self._scalar_params.items():
-                    if not isinstance(a, (torch.fx.Node, bool)) and isinstance(a, (int, float)) and a == default:
-                        slots[(node.name, i)] = name
-        return slots
+        """(pattern node name, arg index) → number parameter name: where the pattern uses each parameter."""
+        self.graph  # noqa: B018 - tracing finds the slots
+        return self._slots
+
+
+def _sentinel_slots(graph: torch.fx.Graph, values: dict[str, Any]) -> dict[tuple[str, int], str]:
+    slots = {}
+    for node in graph.nodes:
+        for i, a in enumerate(node.args):
+            for name, value in values.items():
+                if not isinstance(a, (torch.fx.Node, bool)) and isinstance(a, (int, float)) and a == value:
+                    slots[(node.name, i)] = name
+    return slots
 
 
 def pattern_pass(name: str, pattern: Callable | None = None, replacement: Callable | None = None, *,
@@ -168,8 +216,7 @@ def pattern_pass(name: str, pattern: Callable | None = None, replacement: Callab
 
 def _apply(rule: PatternRule, gm: torch.fx.GraphModule, rw: Rewriter, ctx: PassContext) -> None:
     """Replace matches until none is left (a replacement can be the input of the next match)."""
-    matcher = _Matcher(rule.graph, match_output=False, match_placeholder=False,
-                       remove_overlapping_matches=True, ignore_literals=False)
+    matcher = GraphMatcher(rule.graph, commutative=rule.commutative)
     slots = rule.literal_slots()
     rejected: set[torch.fx.Node] = set()
     while True:
@@ -184,13 +231,16 @@ def _apply(rule: PatternRule, gm: torch.fx.GraphModule, rw: Rewriter, ctx: PassC
             if not _apply_one(rule, gm, rw, ctx, m, slots):
                 rejected.add(anchor)
         if not stale:
-            return
+            break
+    for note in explain_near_misses(rule.name, rule.graph, gm.graph, commutative=rule.commutative,
+                                    symbols=symbol_map(gm), skip=rejected):
+        ctx.note(note)
 
 
 def _apply_one(rule, gm, rw, ctx, m, slots) -> bool:
     nodes_map = {p.name: g for p, g in m.nodes_map.items()}
     anchor = m.returning_nodes[0]
-    scalars, mismatch = _bind_literals(rule, nodes_map, slots, symbol_map(gm))
+    scalars, mismatch = bind_literals(rule.graph, nodes_map, slots, symbol_map(gm))
     if mismatch:
         ctx.note(f"pattern {rule.name!r} near-match at %{anchor.name}: {mismatch}")
         return False
@@ -206,41 +256,6 @@ def _apply_one(rule, gm, rw, ctx, m, slots) -> bool:
     rw.replace(anchor, new_value)
     rw.count(rule.name)
     return True
-
-
-class _Matcher(SubgraphMatcher):
-    """torch.fx's matcher, with tensors matching only tensors and literals matching any literal of the same
-    kind; literal *values* are checked afterwards by ``_bind_literals``, which can say which one differed."""
-
-    def _match_literals(self, pn, gn, match) -> bool:
-        if isinstance(pn, torch.fx.Node) or isinstance(gn, torch.fx.Node):
-            return False
-        number = (int, float)
-        if isinstance(pn, number) and not isinstance(pn, bool):
-            return isinstance(gn, number) and not isinstance(gn, bool)
-        return type(pn) is type(gn)
-
-
-def _bind_literals(rule, nodes_map, slots, symbols):
-    scalars: dict[str, Any] = {}
-    for pnode in rule.graph.nodes:
-        if pnode.op != "call_function":
-            continue
-        gnode = nodes_map[pnode.name]
-        for i, (pa, ga) in enumerate(zip(pnode.args, gnode.args)):
-            if isinstance(pa, torch.fx.Node):
-                continue
-            param = slots.get((pnode.name, i))
-            if param is not None:
-                if param in scalars and scalars[param] != ga:
-                    return None, f"{param} is {scalars[param]} in one place and {ga} in another"
-                scalars[param] = ga
-            elif pa != ga:
-                return None, f"literal {ga!r} ≠ pattern's {pa!r} in {format_node(gnode, symbols)}"
-        literal_kwargs = {k: v for k, v in pnode.kwargs.items() if not isinstance(v, torch.fx.Node)}
-        if any(gnode.kwargs.get(k) != v for k, v in literal_kwargs.items()):
-            return None, f"keyword arguments differ in {format_node(gnode, symbols)}"
-    return scalars, None
 
 
 class _ValueProxy(Proxy):
@@ -269,6 +284,29 @@ def _insert_replacement(rule, gm, anchor, inputs, scalars) -> torch.fx.Node:
         raise PatternError(f"the replacement of pattern {rule.name!r} must return a tensor computed from its inputs")
     for node in graph.nodes:
         if node not in existing:
+            _resolve_overload(rule, node)
             inherit_location(node, anchor)
             infer_meta(gm, node)
     return out.node
+
+
+def _resolve_overload(rule: PatternRule, node: torch.fx.Node) -> None:
+    """Turn a call of an overload packet (``aten.silu``) into its overload (``aten.silu.default``); reject a
+    call of anything that is not an operator, which Inductor and the cost model would not see as one."""
+    target = node.target
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta.get("val"))
+        try:
+            overload = torch._C._jit_resolve_packet(target._qualified_op_name, *args, **kwargs)
+        except RuntimeError as e:
+            raise PatternError(f"the replacement of pattern {rule.name!r} calls {target} with arguments none of its "
+                               f"overloads takes: {str(e).splitlines()[0]}") from e
+        node.target = getattr(target, overload)
+    elif node.op == "call_function" and not ops.is_graph_op(target):
+        what = f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}"
+        raise PatternError(f"the replacement of pattern {rule.name!r} calls {what}, which is not an operator: "
+                           "graphs hold torch.ops.* calls only; call the ATen op (for example "
+                           "torch.ops.aten.silu.default(x) instead of torch.nn.functional.silu(x))")
+    elif node.op == "call_method":
+        raise PatternError(f"the replacement of pattern {rule.name!r} calls the tensor method .{target}(), which "
+                           "is not an operator: call the ATen op (torch.ops.aten...) instead")

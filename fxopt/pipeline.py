@@ -34,6 +34,37 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "select-gemm-backend",             # each linear on the GEMM library measured fastest here (oneDNN or MKL)
 )
 
+
+
+def default_pipeline() -> tuple[str, ...]:
+    """:data:`DEFAULT_PIPELINE` with the passes registered in this process (:func:`fxopt.register_pass`) and
+    the entry-point passes that declare an ordering, each placed where its constraints allow: right after the
+    last pass it must follow, else right before the first it must precede, else at the end of its stage."""
+    from fxopt.registry import extra_placements
+
+    names = list(DEFAULT_PIPELINE)
+    for p, after, before in extra_placements():
+        if p.name in names:
+            continue
+        names.insert(_position(names, p, after, before), p.name)
+    return tuple(names)
+
+
+def _position(names: list[str], p: GraphPass, after: Sequence[str], before: Sequence[str]) -> int:
+    lo = max((names.index(a) + 1 for a in after if a in names), default=None)
+    hi = min((names.index(b) for b in before if b in names), default=None)
+    if lo is not None and hi is not None and lo > hi:
+        raise PipelineSpecError(f"pass {p.name!r} cannot be placed in the default pipeline: it must run after "
+                                f"{list(after)} and before {list(before)}, which the pipeline orders the other way")
+    if lo is not None:
+        return lo
+    if hi is not None:
+        return hi
+    if p.stage == "portable":
+        return next((i for i, n in enumerate(names) if get_pass(n).stage != "portable"), len(names))
+    return len(names)
+
+
 class _SpecReader:
     """A small recursive-descent reader of the spec syntax, with errors that say what is missing where."""
 
@@ -178,13 +209,13 @@ def build_pipeline(
 ) -> list[tuple[GraphPass, Any]]:
     """Resolve a pipeline to (pass, options) pairs.
 
-    ``passes=None`` takes :data:`DEFAULT_PIPELINE` filtered by ``opt_level`` (a pass runs when its
+    ``passes=None`` takes :func:`default_pipeline` filtered by ``opt_level`` (a pass runs when its
     ``level`` ≤ ``opt_level``); a string is a spec; a list may mix names, passes and (pass, options).
     ``disable`` removes passes by name; naming a pass that is not in the pipeline is an error.
     """
     resolved: list[tuple[GraphPass, Any]] = []
     if passes is None:
-        for name in DEFAULT_PIPELINE:
+        for name in default_pipeline():
             p = get_pass(name, extra)
             if p.level <= opt_level:
                 resolved.append((p, p.default_options()))

@@ -6,10 +6,16 @@
         CHECK: aten.rms_norm
         CHECK-NOT: aten.rsqrt
     ''')
+
+A pass's docstring shows its effect as ``Before::``/``After::`` blocks of printed graph lines;
+``check_docstring(result, pass_module.__doc__)`` fails when they are no longer what the printer emits, and
+``graph_change(result)`` gives the lines to put there.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -99,10 +105,13 @@ def check_pass(pass_or_name: GraphPass | str, fn_or_model: Callable | torch.nn.M
 def filecheck(text: str, checks: str) -> None:
     """LLVM FileCheck's core on ``text``: ``CHECK:`` finds a line at or after the last match,
     ``CHECK-NEXT:`` must be the very next line, ``CHECK-NOT:`` must not appear before the next match
-    (or the end). Matching is substring matching."""
+    (or the end). Matching is substring matching. A check that cannot apply is an error, never a silent pass:
+    an empty pattern, a ``CHECK-NEXT`` with no match before it, and a ``CHECK-NOT`` just before a
+    ``CHECK-NEXT`` (no line lies between the two matches, so it would check nothing)."""
     lines = text.splitlines()
     pos = 0  # the line after the last match
     pending_not: list[str] = []
+    matched_any = False
 
     def fail(directive, pattern, where):
         window = "\n".join(lines[max(0, where - 2): where + 3])
@@ -114,6 +123,14 @@ def filecheck(text: str, checks: str) -> None:
             continue
         directive, _, pattern = raw.partition(":")
         pattern = pattern.strip()
+        if not pattern:
+            raise FileCheckError(f"{raw!r}: empty pattern")
+        if directive == "CHECK-NEXT" and pending_not:
+            raise FileCheckError(f"CHECK-NOT: {pending_not[-1]!r} is just before CHECK-NEXT: {pattern!r}, so it checks "
+                                 "nothing (no line lies between the two matches); move it after, or assert on the "
+                                 "whole text")
+        if directive == "CHECK-NEXT" and not matched_any:
+            raise FileCheckError(f"CHECK-NEXT: {pattern!r} has no CHECK before it to be next to")
         if directive == "CHECK-NOT":
             pending_not.append(pattern)
             continue
@@ -131,7 +148,60 @@ def filecheck(text: str, checks: str) -> None:
                 fail("CHECK-NOT", bad, hit)
         pending_not = []
         pos = found + 1
+        matched_any = True
     for bad in pending_not:
         hit = next((i for i in range(pos, len(lines)) if bad in lines[i]), None)
         if hit is not None:
             fail("CHECK-NOT", bad, hit)
+
+
+_BLOCK_HEAD = re.compile(r"^(Before|After)\b.*::\s*$")
+
+
+def docstring_graphs(doc: str) -> dict[str, list[str]]:
+    """The graph lines of a pass docstring's ``Before…::`` and ``After::`` blocks, by block (``before``,
+    ``after``); a line ``...`` marks lines left out and is not returned."""
+    blocks: dict[str, list[str]] = {}
+    current = None
+    for line in (doc or "").splitlines():
+        head = _BLOCK_HEAD.match(line.strip())
+        if head and not line.startswith(" "):
+            current = head.group(1).lower()
+            blocks[current] = []
+        elif current is not None and (line.startswith("    ") or not line.strip()):
+            if line.strip() and line.strip() != "...":
+                blocks[current].append(line.strip())
+        else:
+            current = None
+    return blocks
+
+
+def check_docstring(result: CheckResult, doc: str) -> None:
+    """Every graph line of ``doc``'s Before/After blocks is a line the printer emitted for the graph before /
+    after the pass, in order (so a docstring cannot drift from what the pass does). ``...`` inside a line
+    stands for any text (``const : f32[...]`` for a size that depends on the machine)."""
+    blocks = docstring_graphs(doc)
+    if not blocks.get("before") or not blocks.get("after"):
+        raise FileCheckError("the docstring has no Before::/After:: blocks of graph lines")
+    for which, lines in blocks.items():
+        printed = getattr(result, which).splitlines()
+        pos = 0
+        for line in lines:
+            pattern = re.compile(".*".join(re.escape(part) for part in line.split("...")))
+            found = next((i for i in range(pos, len(printed)) if pattern.fullmatch(printed[i])), None)
+            if found is None:
+                raise FileCheckError(f"docstring {which.title()} line not printed (in this order):\n  {line}\n"
+                                     f"printed {which}:\n  " + "\n  ".join(printed))
+            pos = found + 1
+
+
+def graph_change(result: CheckResult, limit: int = 12) -> dict[str, list[str]]:
+    """The lines the pass removed (``before``) and added (``after``): what a docstring's blocks should show.
+    Longer blocks are cut at ``limit`` lines and end with ``...``."""
+    before, after = result.before.splitlines(), result.after.splitlines()
+    removed, added = [], []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=before, b=after, autojunk=False).get_opcodes():
+        if tag != "equal":
+            removed += before[i1:i2]
+            added += after[j1:j2]
+    return {k: v[:limit] + (["..."] if len(v) > limit else []) for k, v in (("before", removed), ("after", added))}

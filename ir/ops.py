@@ -46,8 +46,8 @@ DATA_MOVEMENT = frozenset({
 #: Binary ops whose two tensor operands can be swapped without changing the result.
 COMMUTATIVE = frozenset({
     aten.add.Tensor, aten.mul.Tensor, aten.maximum.default, aten.minimum.default, aten.eq.Tensor,
-    aten.ne.Tensor, aten.logical_and.default, aten.logical_or.default, aten.bitwise_and.Tensor,
-    aten.bitwise_or.Tensor, operator.add, operator.mul,
+    aten.ne.Tensor, aten.logical_and.default, aten.logical_or.default, aten.logical_xor.default,
+    aten.bitwise_and.Tensor, aten.bitwise_or.Tensor, aten.bitwise_xor.Tensor, operator.add, operator.mul,
 })
 
 #: The value an op leaves its other operand unchanged with: ``x + 0``, ``x * 1``, ``x - 0``, ``x / 1``.
@@ -80,5 +80,18 @@ def is_commutative(target) -> bool:
     return target in COMMUTATIVE
 
 
+def is_graph_op(target) -> bool:
+    """A call target a captured graph may hold: an operator (``torch.ops.*``), a higher-order op, or Python's
+    arithmetic on symbolic sizes (``operator.mul``, ``torch.sym_max``…). A Python function such as
+    ``torch.nn.functional.silu`` is not: Inductor and the cost model see only operators."""
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.HigherOrderOperator)):
+        return True
+    module = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", "")
+    if module in ("_operator", "operator", "math"):
+        return True
+    return module.startswith("torch") and (name.startswith("sym_") or name == "_assert")
+
+
 __all__ = ["ASSERTIONS", "CONVERSIONS", "VIEWS", "ALIASES", "DATA_MOVEMENT", "COMMUTATIVE", "IDENTITY_SCALAR",
-           "is_random", "is_mutating", "is_pure", "is_commutative"]
+           "is_random", "is_mutating", "is_pure", "is_commutative", "is_graph_op"]

@@ -4,7 +4,9 @@
 2. every placeholder, ``get_attr`` and ``call_function`` node carries ``meta["val"]``;
 3. no dead node: every non-output node that is pure has a user;
 4. the outputs keep the captured structure: same count, and each output's dtype and rank;
-5. with ``deep=True``: every node's ``meta["val"]`` is what fake-tensor propagation computes from its inputs'
+5. every call is an operator (``torch.ops.*``, or Python arithmetic on sizes): no Python function, method or
+   module call, which Inductor and the cost model would not see as an op;
+6. with ``deep=True``: every node's ``meta["val"]`` is what fake-tensor propagation computes from its inputs'
    (a pass that changed a node's arguments and left its metadata stale is caught here).
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.fx
 
 from fxopt.errors import VerificationError
+from fxopt.ir import ops
 from fxopt.ir.meta import format_type, propagate, same_type, symbol_map
 from fxopt.ir.printer import format_node
 
@@ -32,6 +35,12 @@ def find_problems(gm: torch.fx.GraphModule, *, deep: bool = False) -> list[str]:
             problems.append(f"no meta['val'] (shape/dtype) on: {format_node(node)}")
         if node.op in ("call_function", "get_attr") and not node.users and not node.is_impure():
             problems.append(f"dead node (no users): {format_node(node)}")
+        if node.op == "call_function" and not ops.is_graph_op(node.target):
+            problems.append(f"call of {getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', '')}"
+                            f", which is not an operator (graphs hold torch.ops.* calls): {format_node(node)}")
+        elif node.op in ("call_method", "call_module"):
+            problems.append(f"{node.op} node, which is not an operator (graphs hold torch.ops.* calls): "
+                            f"{format_node(node)}")
     expected = gm.meta.get("fxopt.outputs")
     if expected is not None:
         outputs = gm.graph.find_nodes(op="output")[0].args[0]

@@ -6,13 +6,13 @@ negative dim name it positively. Declarative patterns are canonicalized the same
 
 Before::
 
-    %transpose_3 = aten.transpose.int(%transpose_1, -1, -2) : f32[batch, 4, 16, seq]
-    %softmax = aten.softmax.int(%add_6, -1) : f32[batch, 4, seq, seq]
+    %transpose = aten.transpose.int(%x, -1, -2) : f32[batch, 4, 3]
+    %softmax = aten.softmax.int(%transpose, -1) : f32[batch, 4, 3]
 
 After::
 
-    %transpose_3 = aten.transpose.int(%transpose_1, 2, 3) : f32[batch, 4, 16, seq]
-    %softmax = aten.softmax.int(%add_6, 3) : f32[batch, 4, seq, seq]
+    %transpose = aten.transpose.int(%x, 1, 2) : f32[batch, 4, 3]
+    %softmax = aten.softmax.int(%transpose, 2) : f32[batch, 4, 3]
 """
 from __future__ import annotations
 

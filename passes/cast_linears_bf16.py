@@ -13,16 +13,19 @@ Lossy (``tolerance="budget"``): accuracy is held end to end by the planner or me
 
 Before::
 
-    %linear_4 = aten.linear(%rms_norm_1, %_fxopt_linear_3_fused_weight) : f32[batch, seq, 3072]
+    %proj.weight = const : f32[32, 64]
+    %linear = aten.linear(%x, %proj.weight, %proj.bias) : f32[batch, 10, 32]
 
 After::
 
-    %_fxopt_linear_4_bf16 = const : bf16[3072, 576]
-    %view = aten.view(%rms_norm_1, [-1, 576]) : f32[batch*seq, 576]
-    %_to_copy = aten._to_copy(%view, dtype=bfloat16) : bf16[batch*seq, 576]
-    %linear_5 = aten.linear(%_to_copy, %_fxopt_linear_4_bf16) : bf16[batch*seq, 3072]
-    %_to_copy_1 = aten._to_copy(%linear_5, dtype=float32) : f32[batch*seq, 3072]
-    %view_1 = aten.view(%_to_copy_1, [batch, seq, 3072]) : f32[batch, seq, 3072]
+    %_fxopt_linear_bf16 = const : bf16[32, 64]
+    %view_default = aten.view(%x, [-1, 64]) : f32[10*batch, 64]
+    %_to_copy_default = aten._to_copy(%view_default, dtype=bfloat16) : bf16[10*batch, 64]
+    %linear_default = aten.linear(%_to_copy_default, %_fxopt_linear_bf16) : bf16[10*batch, 32]
+    %_to_copy_default_1 = aten._to_copy(%linear_default, dtype=float32) : f32[10*batch, 32]
+    %add_tensor = aten.add.Tensor(%_to_copy_default_1, %proj.bias) : f32[10*batch, 32]
+    %sym_size_int = aten.sym_size.int(%x, 0) : sym batch
+    %view_default_1 = aten.view(%add_tensor, [%sym_size_int, 10, 32]) : f32[batch, 10, 32]
 """
 from __future__ import annotations
 

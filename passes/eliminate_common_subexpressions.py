@@ -5,15 +5,12 @@ Two nodes with the same target and the same arguments (after earlier merges) bec
 
 Before::
 
-    %arange_2 = aten.arange(%sym_size_int_23, device='cpu', pin_memory=False) : i64[seq]
-    %arange_3 = aten.arange(%sym_size_int_23, device='cpu', pin_memory=False) : i64[seq]
-    %unsqueeze_6 = aten.unsqueeze(%arange_2, 0) : i64[1, seq]
-    %unsqueeze_9 = aten.unsqueeze(%arange_3, 0) : i64[1, seq]
+    %tanh_1 = aten.tanh(%x) : f32[batch, 4]
+    %mul = aten.mul.Tensor(%tanh, %tanh_1) : f32[batch, 4]
 
 After::
 
-    %arange_2 = aten.arange(%sym_size_int_23, device='cpu', pin_memory=False) : i64[seq]
-    %unsqueeze_6 = aten.unsqueeze(%arange_2, 0) : i64[1, seq]
+    %mul = aten.mul.Tensor(%tanh, %tanh) : f32[batch, 4]
 """
 from __future__ import annotations
 

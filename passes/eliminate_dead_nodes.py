@@ -7,15 +7,14 @@ identities (``x + 0``, ``x * 1``, ``x - 0``, ``x / 1``) and every node whose res
 
 Before::
 
-    %_assert_tensor_metadata = aten._assert_tensor_metadata(%attention_mask, dtype=int64, ...) : NoneType
-    %to = aten.to.dtype(%embedding, float32) : f32[batch, seq, 576]
-    %add = aten.add.Tensor(%arange, 0) : i64[seq]
-    %dropout = aten.dropout(%linear, 0.1, False) : f32[batch, seq, 384]
-    %add_1 = aten.add.Tensor(%dropout, %to) : f32[batch, seq, 384]
+    %_assert_tensor_metadata_default = aten._assert_tensor_metadata(%x, dtype=float32, device='cpu', layout=torch.strided) : ?
+    %to = aten.to.dtype(%x, float32) : f32[batch, 5, 4]
+    %dropout = aten.dropout(%to, 0.1, False) : f32[batch, 5, 4]
+    %add_1 = aten.add.Tensor(%dropout, 1) : f32[batch, 5, 4]
 
 After::
 
-    %add_1 = aten.add.Tensor(%linear, %embedding) : f32[batch, seq, 384]
+    %add_1 = aten.add.Tensor(%x, 1) : f32[batch, 5, 4]
 
 Precondition: the graph is an inference graph (captured in eval mode under ``no_grad``).
 """

@@ -7,14 +7,17 @@ larger than ``max_bytes``, or larger than the constants it is computed from (a b
 
 Before::
 
-    %t = aten.t(%fc.weight) : f32[16, 8]
-    %mul = aten.mul.Tensor(%t, 2.0) : f32[16, 8]
-    %mm = aten.mm(%x, %mul) : f32[batch, 8]
+    %weight = const : f32[16, 8]
+    %scale = const : f32[]
+    %t = aten.t(%weight) : f32[8, 16]
+    %mul = aten.mul.Tensor(%t, %scale) : f32[8, 16]
+    %add = aten.add.Tensor(%mul, 1.0) : f32[8, 16]
+    %matmul = aten.matmul(%x, %add) : f32[batch, 16]
 
 After::
 
-    %_fxopt_mul = const : f32[16, 8]
-    %mm = aten.mm(%x, %_fxopt_mul) : f32[batch, 8]
+    %_fxopt_add = const : f32[8, 16]
+    %matmul = aten.matmul(%x, %_fxopt_add) : f32[batch, 16]
 """
 from __future__ import annotations
 

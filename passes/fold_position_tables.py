@@ -14,21 +14,26 @@ mask of 8192 × 8192 positions in the graph.
 
 Before::
 
-    %arange = aten.arange(%sym_size_int_99, device='cpu', pin_memory=False) : i64[seq]
-    %unsqueeze = aten.unsqueeze(%arange, 0) : i64[1, seq]
-    %unsqueeze_13 = aten.unsqueeze(%unsqueeze, 2) : i64[1, seq, 1]
-    %to_3 = aten.to.dtype(%unsqueeze_13, float32) : f32[1, seq, 1]
-    %mul = aten.mul.Tensor(%to_3, %model.rotary_emb.inv_freq) : f32[1, seq, 32]
-    %cat = aten.cat([%mul, %mul], -1) : f32[1, seq, 64]
-    %cos = aten.cos(%cat) : f32[1, seq, 64]
-    %unsqueeze_14 = aten.unsqueeze(%cos, 1) : f32[1, 1, seq, 64]
-    %mul_5 = aten.mul.Tensor(%transpose, %unsqueeze_14) : f32[batch, 9, seq, 64]
+    %inv_freq = const : f32[4]
+    %arange = aten.arange(%sym_size_int_3, device='cpu', pin_memory=False) : i64[seq]
+    %to = aten.to.dtype(%arange, float32) : f32[seq]
+    %unsqueeze = aten.unsqueeze(%to, 1) : f32[seq, 1]
+    %unsqueeze_1 = aten.unsqueeze(%inv_freq, 0) : f32[1, 4]
+    %mul = aten.mul.Tensor(%unsqueeze, %unsqueeze_1) : f32[seq, 4]
+    %cat = aten.cat([%mul, %mul], -1) : f32[seq, 8]
+    %cos = aten.cos(%cat) : f32[seq, 8]
+    %mul_1 = aten.mul.Tensor(%x, %cos) : f32[batch, seq, 8]
+    %sin = aten.sin(%cat) : f32[seq, 8]
+    %mul_2 = aten.mul.Tensor(%cat_1, %sin) : f32[batch, seq, 8]
 
 After::
 
-    %_fxopt_unsqueeze_14_table = const : f32[1, 1, 8192, 64]
-    %slice_1 = aten.slice.Tensor(%_fxopt_unsqueeze_14_table, 2, 0, %sym_size_int_99) : f32[1, 1, seq, 64]
-    %mul_5 = aten.mul.Tensor(%transpose, %slice_1) : f32[batch, 9, seq, 64]
+    %_fxopt_cos_table = const : f32[64, 8]
+    %slice_tensor = aten.slice.Tensor(%_fxopt_cos_table, 0, 0, %sym_size_int_3) : f32[seq, 8]
+    %mul_1 = aten.mul.Tensor(%x, %slice_tensor) : f32[batch, seq, 8]
+    %_fxopt_sin_table = const : f32[64, 8]
+    %slice_tensor_1 = aten.slice.Tensor(%_fxopt_sin_table, 0, 0, %sym_size_int_3) : f32[seq, 8]
+    %mul_2 = aten.mul.Tensor(%cat_1, %slice_tensor_1) : f32[batch, seq, 8]
 """
 from __future__ import annotations
 

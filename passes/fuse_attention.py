@@ -7,16 +7,16 @@ before the softmax), so padding and causal masks are preserved.
 
 Before::
 
-    %transpose_3 = aten.transpose.int(%transpose_1, 2, 3) : f32[batch, 4, 16, seq]
-    %matmul = aten.matmul(%transpose, %transpose_3) : f32[batch, 4, seq, seq]
-    %mul = aten.mul.Tensor(%matmul, 0.25) : f32[batch, 4, seq, seq]
-    %add_6 = aten.add.Tensor(%mul, %where) : f32[batch, 4, seq, seq]
-    %softmax = aten.softmax.int(%add_6, 3) : f32[batch, 4, seq, seq]
-    %matmul_1 = aten.matmul(%softmax, %transpose_2) : f32[batch, 4, seq, 16]
+    %transpose = aten.transpose.int(%k, 2, 3) : f32[batch, 4, 8, 6]
+    %matmul = aten.matmul(%q, %transpose) : f32[batch, 4, 6, 6]
+    %mul = aten.mul.Tensor(%matmul, 0.5) : f32[batch, 4, 6, 6]
+    %add = aten.add.Tensor(%mul, %mask) : f32[batch, 4, 6, 6]
+    %softmax = aten.softmax.int(%add, 3) : f32[batch, 4, 6, 6]
+    %matmul_1 = aten.matmul(%softmax, %v) : f32[batch, 4, 6, 8]
 
 After::
 
-    %scaled_dot_product_attention_default = aten.scaled_dot_product_attention(%transpose, %transpose_1, %transpose_2, %where, 0.0, False, scale=0.25) : f32[batch, 4, seq, 16]
+    %scaled_dot_product_attention_default = aten.scaled_dot_product_attention(%q, %k, %v, %mask, 0.0, False, scale=0.5) : f32[batch, 4, 6, 8]
 """
 import torch
 

@@ -7,19 +7,19 @@ scaled by a weight, no bias). Both spellings are rules of this pass.
 
 Before (DeBERTa, after CSE merged the two ``x - mean``)::
 
-    %mean = aten.mean.dim(%add, [-1], True) : f32[batch, seq, 64]
-    %sub = aten.sub.Tensor(%add, %mean) : f32[batch, seq, 64]
-    %pow_1 = aten.pow.Tensor_Scalar(%sub, 2) : f32[batch, seq, 64]
-    %mean_1 = aten.mean.dim(%pow_1, [-1], True) : f32[batch, seq, 1]
-    %add_1 = aten.add.Tensor(%mean_1, 1e-07) : f32[batch, seq, 1]
-    %sqrt = aten.sqrt(%add_1) : f32[batch, seq, 1]
-    %div = aten.div.Tensor(%sub, %sqrt) : f32[batch, seq, 64]
-    %mul = aten.mul.Tensor(%embeddings.LayerNorm.weight, %div) : f32[batch, seq, 64]
-    %add_2 = aten.add.Tensor(%mul, %embeddings.LayerNorm.bias) : f32[batch, seq, 64]
+    %mean = aten.mean.dim(%x, [-1], True) : f32[batch, 7, 1]
+    %sub = aten.sub.Tensor(%x, %mean) : f32[batch, 7, 16]
+    %pow_1 = aten.pow.Tensor_Scalar(%sub, 2) : f32[batch, 7, 16]
+    %mean_1 = aten.mean.dim(%pow_1, [-1], True) : f32[batch, 7, 1]
+    %add = aten.add.Tensor(%mean_1, 1e-07) : f32[batch, 7, 1]
+    %sqrt = aten.sqrt(%add) : f32[batch, 7, 1]
+    %div = aten.div.Tensor(%sub, %sqrt) : f32[batch, 7, 16]
+    %mul = aten.mul.Tensor(%weight, %div) : f32[batch, 7, 16]
+    %add_1 = aten.add.Tensor(%mul, %bias) : f32[batch, 7, 16]
 
 After::
 
-    %layer_norm_default = aten.layer_norm(%add, [64], %embeddings.LayerNorm.weight, %embeddings.LayerNorm.bias, 1e-07) : f32[batch, seq, 64]
+    %layer_norm_default = aten.layer_norm(%x, [16], %weight, %bias, 1e-07) : f32[batch, 7, 16]
 
 It runs before fuse-rms-norm: the rsqrt spelling is an RMSNorm of ``x - mean``, and fusing that first
 would leave a LayerNorm no one recognizes. Inductor fuses either form into one kernel; the fused op is what the cost model, the dump tool and a

@@ -2,16 +2,16 @@
 
 Before (after eliminate-dead-nodes removed the no-op ``to(float32)`` casts around it)::
 
-    %pow_1 = aten.pow.Tensor_Scalar(%embedding, 2) : f32[batch, seq, 576]
-    %mean = aten.mean.dim(%pow_1, [-1], True) : f32[batch, seq, 1]
-    %add_4 = aten.add.Tensor(%mean, 1e-05) : f32[batch, seq, 1]
-    %rsqrt = aten.rsqrt(%add_4) : f32[batch, seq, 1]
-    %mul_3 = aten.mul.Tensor(%embedding, %rsqrt) : f32[batch, seq, 576]
-    %mul_4 = aten.mul.Tensor(%model.layers.0.input_layernorm.weight, %mul_3) : f32[batch, seq, 576]
+    %pow_1 = aten.pow.Tensor_Scalar(%x, 2) : f32[batch, 7, 16]
+    %mean = aten.mean.dim(%pow_1, [-1], True) : f32[batch, 7, 1]
+    %add = aten.add.Tensor(%mean, 1e-05) : f32[batch, 7, 1]
+    %rsqrt = aten.rsqrt(%add) : f32[batch, 7, 1]
+    %mul = aten.mul.Tensor(%x, %rsqrt) : f32[batch, 7, 16]
+    %mul_1 = aten.mul.Tensor(%weight, %mul) : f32[batch, 7, 16]
 
 After::
 
-    %rms_norm = aten.rms_norm(%embedding, [576], %model.layers.0.input_layernorm.weight, 1e-05) : f32[batch, seq, 576]
+    %rms_norm_default = aten.rms_norm(%x, [16], %weight, 1e-05) : f32[batch, 7, 16]
 
 Written with the declarative pattern API (``fxopt.pattern_pass``): the pattern is the modeling code.
 Inductor decomposes ``rms_norm`` into one fused kernel either way; the value is a graph that says what it

@@ -7,18 +7,31 @@ the same model (a decode step) takes it from the model's constant pool.
 
 Before::
 
-    %linear = aten.linear(%layer_norm, %q.weight, %q.bias) : f32[batch, seq, 384]
-    %linear_1 = aten.linear(%layer_norm, %k.weight, %k.bias) : f32[batch, seq, 384]
-    %linear_2 = aten.linear(%layer_norm, %v.weight, %v.bias) : f32[batch, seq, 384]
+    %q.weight = const : f32[8, 8]
+    %q.bias = const : f32[8]
+    %k.weight = const : f32[4, 8]
+    %k.bias = const : f32[4]
+    %v.weight = const : f32[4, 8]
+    %v.bias = const : f32[4]
+    %linear = aten.linear(%x, %q.weight, %q.bias) : f32[batch, 8]
+    %linear_1 = aten.linear(%x, %k.weight, %k.bias) : f32[batch, 4]
+    %repeat = aten.repeat(%linear_1, [1, 2]) : f32[batch, 8]
+    %linear_2 = aten.linear(%x, %v.weight, %v.bias) : f32[batch, 4]
+    %repeat_1 = aten.repeat(%linear_2, [1, 2]) : f32[batch, 8]
+    %add = aten.add.Tensor(%linear, %mul) : f32[batch, 8]
 
 After::
 
-    %_fxopt_linear_fused_weight = const : f32[1152, 384]
-    %_fxopt_linear_fused_bias = const : f32[1152]
-    %linear_fused = aten.linear(%layer_norm, %_fxopt_linear_fused_weight, %_fxopt_linear_fused_bias) : f32[batch, seq, 1152]
-    %split = aten.split_with_sizes(%linear_fused, [384, 384, 384], -1) : (f32[batch, seq, 384], ...)
-    %getitem = getitem(%split, 0) : f32[batch, seq, 384]
-    ...
+    %_fxopt_linear_fused_weight = const : f32[16, 8]
+    %_fxopt_linear_fused_bias = const : f32[16]
+    %linear_default = aten.linear(%x, %_fxopt_linear_fused_weight, %_fxopt_linear_fused_bias) : f32[batch, 16]
+    %split_with_sizes_default = aten.split_with_sizes(%linear_default, [8, 4, 4], -1) : (f32[batch, 8], f32[batch, 4], f32[batch, 4])
+    %getitem = getitem(%split_with_sizes_default, 0) : f32[batch, 8]
+    %getitem_1 = getitem(%split_with_sizes_default, 1) : f32[batch, 4]
+    %getitem_2 = getitem(%split_with_sizes_default, 2) : f32[batch, 4]
+    %repeat = aten.repeat(%getitem_1, [1, 2]) : f32[batch, 8]
+    %repeat_1 = aten.repeat(%getitem_2, [1, 2]) : f32[batch, 8]
+    %add = aten.add.Tensor(%getitem, %mul) : f32[batch, 8]
 
 Preconditions: weights are constants (not inputs), all siblings have a bias or none does, same dtype.
 Siblings that break a precondition are left alone and the reason is in the pass's diagnostics.

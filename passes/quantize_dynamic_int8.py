@@ -1,17 +1,19 @@
 """quantize-dynamic-int8: linears to int8 × int8 GEMMs, activations quantized per token at run time.
 
 Each chosen linear's weight ``W`` (out × in) is quantized once, at compile time, to int8 with one symmetric scale
-per output channel (``s_w = max |W_row| / 127``). Its input rows are quantized when the graph runs, one symmetric
-scale per row (token): ``s_x = max |x_row| / 127``, ``q_x = round(x / s_x)``. Per-token scales follow each token's
-own range, so a token with an outlier does not crush the resolution of every other token, as one scale per
-tensor would (PT2E's dynamic mode). The product runs in int32 and is scaled back: ``y = (q_x @ q_wᵀ) · s_x · s_w``.
+per output channel (``s_w = max |W_row| / 127``). Its input rows are quantized when the graph runs, to uint8 with
+one scale and zero point per row (token), from the row's range: ``s_x = (max(x, 0) - min(x, 0)) / 255``,
+``z = round(-min(x, 0) / s_x)``, ``q_x = clamp(round(x / s_x) + z, 0, 255)``. Per-token scales follow each
+token's own range, so a token with an outlier does not crush the resolution of every other token, as one scale
+per tensor would (PT2E's dynamic mode). The activations are unsigned because oneDNN's fast int8 kernels take
+u8 × s8; s8 × s8 falls to its reference kernel (thousands of times slower here).
 
-The IR form is the one Inductor's x86 freezing pass recognises (``_register_smooth_quant_int_mm_pattern`` in
-``torch/_inductor/fx_passes/quantization.py``, the pattern torchao's int8 dynamic linear produces):
-``mul(mul(convert(_int_mm(q_x, q_wᵀ)), s_x), s_w)`` with a constant ``q_wᵀ`` becomes oneDNN's int8 GEMM
-``onednn.qlinear_pointwise`` on a weight prepacked once; the quantization of ``x`` and the scaling fuse into the
-neighbouring pointwise kernels. ``tests/test_quantize_dynamic_int8.py`` reads Inductor's generated code to
-prove the int8 kernel runs.
+The product runs in int32 in oneDNN's ``onednn.qlinear_pointwise`` on a weight prepacked once
+(:mod:`fxopt.onednn_int8`; Inductor's freezing folds the prepack into a constant), which returns
+``Σ q_x · q_w · s_w``; the zero point is removed with the weight's scaled row sums and the row scale applied:
+``y = (acc - z · Σ_k q_w · s_w) · s_x`` (+ bias). The quantization of ``x`` and this epilogue fuse into
+neighbouring pointwise kernels. ``tests/test_quantize_dynamic_int8.py`` reads Inductor's generated code to prove
+the int8 kernel runs.
 
 Lossy (``tolerance="budget"``): the accuracy is held end to end by the planner (:mod:`fxopt.quant_planner`) or
 measured by ``fxopt bench``. ``only`` restricts the pass to linears whose weight name or module path contains
@@ -19,27 +21,38 @@ one of its strings; ``skip`` keeps those in their current precision (``skip=[lm_
 
 Before::
 
-    %linear_2 = aten.linear(%layer_norm, %_fxopt_linear_fused_weight, %_fxopt_linear_fused_bias) : f32[batch, seq, 1152]
+    %proj.weight = const : f32[32, 64]
+    %linear = aten.linear(%x, %proj.weight, %proj.bias) : f32[batch, 10, 32]
 
 After::
 
-    %_fxopt_linear_2_int8_t = const : i8[384, 1152]
-    %_fxopt_linear_2_scales = const : f32[1152]
-    %view = aten.view(%layer_norm, [-1, 384]) : f32[batch*seq, 384]
-    %abs_1 = aten.abs(%view) : f32[batch*seq, 384]
-    %amax = aten.amax(%abs_1, [-1], True) : f32[batch*seq, 1]
-    %div = aten.div(%amax, 127.0) : f32[batch*seq, 1]
-    %clamp_min = aten.clamp_min(%div, 1e-10) : f32[batch*seq, 1]
-    %div_1 = aten.div(%view, %clamp_min) : f32[batch*seq, 384]
-    %round_1 = aten.round(%div_1) : f32[batch*seq, 384]
-    %clamp = aten.clamp(%round_1, -127.0, 127.0) : f32[batch*seq, 384]
-    %_to_copy = aten._to_copy(%clamp, dtype=int8) : i8[batch*seq, 384]
-    %_int_mm = aten._int_mm(%_to_copy, %_fxopt_linear_2_int8_t) : i32[batch*seq, 1152]
-    %_to_copy_1 = aten._to_copy(%_int_mm, dtype=float32) : f32[batch*seq, 1152]
-    %mul = aten.mul(%_to_copy_1, %clamp_min) : f32[batch*seq, 1152]
-    %mul_1 = aten.mul(%mul, %_fxopt_linear_2_scales) : f32[batch*seq, 1152]
-    %add = aten.add(%mul_1, %_fxopt_linear_fused_bias) : f32[batch*seq, 1152]
-    %view_1 = aten.view(%add, [batch, seq, 1152]) : f32[batch, seq, 1152]
+    %_fxopt_linear_int8 = const : i8[32, 64]
+    %_fxopt_linear_scales = const : f32[32]
+    %_fxopt_linear_colsum = const : f32[32]
+    %view_default = aten.view(%x, [-1, 64]) : f32[10*batch, 64]
+    %amin_default = aten.amin(%view_default, [-1], True) : f32[10*batch, 1]
+    %clamp_max_default = aten.clamp_max(%amin_default, 0.0) : f32[10*batch, 1]
+    %amax_default = aten.amax(%view_default, [-1], True) : f32[10*batch, 1]
+    %clamp_min_default = aten.clamp_min(%amax_default, 0.0) : f32[10*batch, 1]
+    %sub_tensor = aten.sub.Tensor(%clamp_min_default, %clamp_max_default) : f32[10*batch, 1]
+    %div_tensor = aten.div.Tensor(%sub_tensor, 255.0) : f32[10*batch, 1]
+    %clamp_min_default_1 = aten.clamp_min(%div_tensor, 1e-10) : f32[10*batch, 1]
+    %neg_default = aten.neg(%clamp_max_default) : f32[10*batch, 1]
+    %div_tensor_1 = aten.div.Tensor(%neg_default, %clamp_min_default_1) : f32[10*batch, 1]
+    %round_default = aten.round(%div_tensor_1) : f32[10*batch, 1]
+    %div_tensor_2 = aten.div.Tensor(%view_default, %clamp_min_default_1) : f32[10*batch, 64]
+    %round_default_1 = aten.round(%div_tensor_2) : f32[10*batch, 64]
+    %add_tensor = aten.add.Tensor(%round_default_1, %round_default) : f32[10*batch, 64]
+    %clamp_default = aten.clamp(%add_tensor, 0.0, 255.0) : f32[10*batch, 64]
+    %_to_copy_default = aten._to_copy(%clamp_default, dtype=uint8) : u8[10*batch, 64]
+    %qlinear_prepack_default = onednn.qlinear_prepack(%_fxopt_linear_int8, None) : i8[64, 32]
+    %qlinear_pointwise_default = onednn.qlinear_pointwise(%_to_copy_default, 1.0, 0, %qlinear_prepack_default, %_fxopt_linear_scales, None, None, 1.0, 0, float32, 'none', [], '') : f32[10*batch, 32]
+    %mul_tensor = aten.mul.Tensor(%round_default, %_fxopt_linear_colsum) : f32[10*batch, 32]
+    %sub_tensor_1 = aten.sub.Tensor(%qlinear_pointwise_default, %mul_tensor) : f32[10*batch, 32]
+    %mul_tensor_1 = aten.mul.Tensor(%sub_tensor_1, %clamp_min_default_1) : f32[10*batch, 32]
+    %add_tensor_1 = aten.add.Tensor(%mul_tensor_1, %proj.bias) : f32[10*batch, 32]
+    %sym_size_int = aten.sym_size.int(%x, 0) : sym batch
+    %view_default_1 = aten.view(%add_tensor_1, [%sym_size_int, 10, 32]) : f32[batch, 10, 32]
 """
 from __future__ import annotations
 

@@ -14,17 +14,20 @@ Lossy: ``tolerance="budget"``; a linear whose input width is not a multiple of `
 
 Before::
 
-    %linear_4 = aten.linear(%rms_norm_1, %_fxopt_linear_3_fused_weight) : f32[batch, 1, 3072]
+    %proj.weight = const : f32[32, 64]
+    %linear = aten.linear(%x, %proj.weight, %proj.bias) : f32[batch, 10, 32]
 
 After::
 
-    %_fxopt_linear_4_int4 = const : i32[384, 9, 32, 4]
-    %_fxopt_linear_4_scales_zeros = const : bf16[18, 3072, 2]
-    %view = aten.view(%rms_norm_1, [-1, 576]) : f32[batch, 576]
-    %_to_copy = aten._to_copy(%view, dtype=bfloat16) : bf16[batch, 576]
-    %_weight_int4pack_mm_for_cpu = aten._weight_int4pack_mm_for_cpu(%_to_copy, %_fxopt_linear_4_int4, 32, %_fxopt_linear_4_scales_zeros) : bf16[batch, 3072]
-    %_to_copy_1 = aten._to_copy(%_weight_int4pack_mm_for_cpu, dtype=float32) : f32[batch, 3072]
-    %view_1 = aten.view(%_to_copy_1, [batch, 1, 3072]) : f32[batch, 1, 3072]
+    %_fxopt_linear_int4 = const : u8[32, 32]
+    %_fxopt_linear_scales_zeros = const : bf16[2, 32, 2]
+    %view_default = aten.view(%x, [-1, 64]) : f32[10*batch, 64]
+    %_to_copy_default = aten._to_copy(%view_default, dtype=bfloat16) : bf16[10*batch, 64]
+    %_weight_int4pack_mm_for_cpu_default = aten._weight_int4pack_mm_for_cpu(%_to_copy_default, %_fxopt_linear_int4, 32, %_fxopt_linear_scales_zeros) : bf16[10*batch, 32]
+    %_to_copy_default_1 = aten._to_copy(%_weight_int4pack_mm_for_cpu_default, dtype=float32) : f32[10*batch, 32]
+    %add_tensor = aten.add.Tensor(%_to_copy_default_1, %proj.bias) : f32[10*batch, 32]
+    %sym_size_int = aten.sym_size.int(%x, 0) : sym batch
+    %view_default_1 = aten.view(%add_tensor, [%sym_size_int, 10, 32]) : f32[batch, 10, 32]
 """
 from __future__ import annotations
 

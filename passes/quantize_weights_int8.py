@@ -16,17 +16,20 @@ name or module path contains one of its strings in fp32 (``skip=[lm_head]``).
 
 Before::
 
-    %linear_4 = aten.linear(%rms_norm_1, %_fxopt_linear_3_fused_weight) : f32[batch, 1, 3072]
+    %proj.weight = const : f32[32, 64]
+    %linear = aten.linear(%x, %proj.weight, %proj.bias) : f32[batch, 10, 32]
 
 After::
 
-    %_fxopt_linear_4_int8 = const : i8[3072, 576]
-    %_fxopt_linear_4_scales = const : bf16[3072]
-    %view = aten.view(%rms_norm_1, [-1, 576]) : f32[batch, 576]
-    %_to_copy = aten._to_copy(%view, dtype=bfloat16) : bf16[batch, 576]
-    %_weight_int8pack_mm = aten._weight_int8pack_mm(%_to_copy, %_fxopt_linear_4_int8, %_fxopt_linear_4_scales) : bf16[batch, 3072]
-    %_to_copy_1 = aten._to_copy(%_weight_int8pack_mm, dtype=float32) : f32[batch, 3072]
-    %view_1 = aten.view(%_to_copy_1, [batch, 1, 3072]) : f32[batch, 1, 3072]
+    %_fxopt_linear_int8 = const : i8[32, 64]
+    %_fxopt_linear_scales = const : bf16[32]
+    %view_default = aten.view(%x, [-1, 64]) : f32[10*batch, 64]
+    %_to_copy_default = aten._to_copy(%view_default, dtype=bfloat16) : bf16[10*batch, 64]
+    %_weight_int8pack_mm_default = aten._weight_int8pack_mm(%_to_copy_default, %_fxopt_linear_int8, %_fxopt_linear_scales) : bf16[10*batch, 32]
+    %_to_copy_default_1 = aten._to_copy(%_weight_int8pack_mm_default, dtype=float32) : f32[10*batch, 32]
+    %add_tensor = aten.add.Tensor(%_to_copy_default_1, %proj.bias) : f32[10*batch, 32]
+    %sym_size_int = aten.sym_size.int(%x, 0) : sym batch
+    %view_default_1 = aten.view(%add_tensor, [%sym_size_int, 10, 32]) : f32[batch, 10, 32]
 """
 from __future__ import annotations
 

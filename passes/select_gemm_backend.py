@@ -12,7 +12,8 @@ A/B runs gave 1.27×, 1.27× and 1.29× eager with it against 1.15×, 1.16× and
 has the latest). The first version timed the GEMMs at the traced rows (a batch of 1 is traced as 2) and made
 SmolLM2 slower; the rows are now the user's example rows. One profiler run, taken in blocks of five calls
 instead of interleaved, showed the opposite order (MKL's LM head at 112 ms where it takes 53 ms alone): the
-choice is only as good as the machine's timings are steady, and ``refresh=True`` measures again.
+choice is only as good as the machine's timings are steady, and ``refresh=True`` measures again;
+``backend=mkl`` or ``backend=onednn`` puts every linear on one library without timing (what tests use).
 
 Inductor's C++ GEMM template is the third candidate the machine offers; it is not timed here because it lost
 everywhere it was tried: with ``max_autotune`` Inductor's own autotuner timed it at 2–2.5× oneDNN's time
@@ -20,17 +21,18 @@ for each of SmolLM2's five linear shapes, and the model ran 291.7 vs 287.6 ms wi
 
 Before::
 
-    %lm_head = aten.linear(%rms_norm_60, %lm_head.weight) : f32[batch, seq, 49152]
+    %linear = aten.linear(%x, %proj.weight, %proj.bias) : f32[batch, 10, 32]
 
 After::
 
-    %_fxopt_linear_210_mkl_packed = const : f32[...]
-    %_mkl_linear_default = mkl._mkl_linear(%rms_norm_60, %_fxopt_linear_210_mkl_packed, %lm_head.weight, None, 256) : f32[batch, seq, 49152]
+    %_fxopt_linear_mkl_packed = const : f32[...]
+    %_mkl_linear_default = mkl._mkl_linear(%x, %_fxopt_linear_mkl_packed, %proj.weight, %proj.bias, 40) : f32[batch, 10, 32]
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import sympy
 import torch
@@ -48,6 +50,7 @@ class GemmOptions:
     margin: float = 0.03  # MKL must be this much faster (it cannot fuse an epilogue, oneDNN can)
     reps: int = 15
     refresh: bool = False  # measure again instead of reading the cache
+    backend: Literal["measure", "mkl", "onednn"] = "measure"  # or every linear on this library, untimed
 
 
 def _rows_at_example(node, gm) -> int:
@@ -72,7 +75,7 @@ def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
     if not gemm_backends.available():
         ctx.note("MKL or oneDNN is not available in this torch build: linears left as they are")
         return rw.result()
-    timings = gemm_backends.GemmTimings(refresh=opts.refresh, reps=opts.reps)
+    timings = gemm_backends.GemmTimings(refresh=opts.refresh, reps=opts.reps) if opts.backend == "measure" else None
     chosen: dict[tuple, tuple[str, dict]] = {}
     for node in list(gm.graph.find_nodes(op="call_function", target=aten.linear.default)):
         weight = rw.constant(node.args[1])
@@ -83,8 +86,11 @@ def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
             continue
         rows = _rows_at_example(node, gm)
         n, k = weight.shape
-        times = timings.get(rows, k, n, bias_node is not None)
-        backend = "mkl" if times["mkl"] < times["onednn"] * (1 - opts.margin) else "onednn"
+        if timings is None:
+            backend, times = opts.backend, {}
+        else:
+            times = timings.get(rows, k, n, bias_node is not None)
+            backend = "mkl" if times["mkl"] < times["onednn"] * (1 - opts.margin) else "onednn"
         chosen[(rows, k, n)] = (backend, times)
         rw.count(backend)
         if backend == "onednn":
@@ -95,6 +101,9 @@ def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
         new = rw.call(torch.ops.mkl._mkl_linear.default, (node.args[0], packed_node, node.args[1], bias_node, rows),
                       before=node)
         rw.replace(node, new)
+    if timings is None:
+        ctx.note(f"every linear on {opts.backend}, as the options ask (not timed)")
+        return rw.result()
     timings.save()
     for (rows, k, n), (backend, t) in sorted(chosen.items()):
         ctx.note(f"linear {rows}×{k}→{n}: onednn {t['onednn']:.3f} ms, mkl {t['mkl']:.3f} ms → {backend}")

@@ -17,15 +17,17 @@ arithmetic the pass changes nothing (``tolerance="exact"``); it matters only to 
 
 Before::
 
-    %rms_norm = aten.rms_norm(%add, [576], %model.layers.0.input_layernorm.weight, 1e-05) : f32[batch, seq, 576]
-    %linear = aten.linear(%rms_norm, %_fxopt_linear_fused_weight) : f32[batch, seq, 960]
+    %norm.weight = const : f32[16]
+    %up.weight = const : f32[32, 16]
+    %rms_norm = aten.rms_norm(%x, [16], %norm.weight, 1e-05) : f32[batch, 7, 16]
+    %linear = aten.linear(%rms_norm, %up.weight) : f32[batch, 7, 32]
 
 After::
 
-    %_fxopt_rms_norm_smoothed = const : f32[576]
-    %_fxopt_linear_smoothed = const : f32[960, 576]
-    %rms_norm = aten.rms_norm(%add, [576], %_fxopt_rms_norm_smoothed, 1e-05) : f32[batch, seq, 576]
-    %linear = aten.linear(%rms_norm, %_fxopt_linear_smoothed) : f32[batch, seq, 960]
+    %_fxopt_rms_norm_smoothed = const : f32[16]
+    %rms_norm = aten.rms_norm(%x, [16], %_fxopt_rms_norm_smoothed, 1e-05) : f32[batch, 7, 16]
+    %_fxopt_linear_smoothed = const : f32[32, 16]
+    %linear = aten.linear(%rms_norm, %_fxopt_linear_smoothed) : f32[batch, 7, 32]
 """
 from __future__ import annotations
 

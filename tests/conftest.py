@@ -49,3 +49,9 @@ class MLP(torch.nn.Module):
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--accept", action="store_true",
+                     help="rewrite goldens (the passes' Before/After docstrings) from what the code prints now; "
+                          "review the diff before committing")

@@ -125,3 +125,24 @@ def test_critical_path_follows_the_heaviest_chain():
     assert path[-2:] == ["linear", "add"] and "relu" not in path
     heavy_small = report.critical_path({"linear": 1.0, "linear_1": 10.0, "relu": 1.0, "add": 1.0})
     assert heavy_small[-3:] == ["linear_1", "relu", "add"]
+
+
+def test_by_op_on_a_dynamic_graph_asks_for_the_sizes():
+    report = estimate(capture(Tiny(), (torch.randn(4, 8),)).graph_module)
+    with pytest.raises(ValueError, match=r"give a size for batch.*by_op\(batch=...\)"):
+        report.by_op()
+    assert {row[0] for row in report.by_op(batch=4)} >= {"linear", "relu"}
+
+
+@pytest.mark.parametrize("fused, decomposed", [
+    (lambda x: torch.nn.functional.silu(x), lambda x: x * torch.sigmoid(x)),
+    (lambda x: torch.nn.functional.gelu(x), lambda x: x * 0.5 * (1.0 + torch.erf(x / 2 ** 0.5))),
+    (lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+     lambda x: 0.5 * x * (1.0 + torch.tanh(0.79788 * (x + 0.044715 * torch.pow(x, 3.0))))),
+])
+def test_a_fused_op_never_costs_more_than_its_decomposition(fused, decomposed):
+    from fxopt.testing import _as_module
+
+    x = torch.randn(4, 8)
+    costs = [estimate(capture(_as_module(f), (x,)).graph_module).at(batch=4) for f in (fused, decomposed)]
+    assert costs[0]["flops"] <= costs[1]["flops"] and costs[0]["bytes"] <= costs[1]["bytes"]

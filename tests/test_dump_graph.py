@@ -2,6 +2,7 @@
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,7 +94,7 @@ def test_real_model_layers_view_and_provenance(capsys):
     ([FACTORY, "--filter", "colour=red"], "bad filter 'colour=red'"),
     ([FACTORY, "--format", "pdf"], "unknown format 'pdf'"),
     ([FACTORY, "--format", "html", "--each-pass"], "--each-pass makes one view per pass"),
-    (["nosuch.module:factory"], "cannot import 'nosuch.module:factory'"),
+    (["nosuch.module:factory"], "cannot import module 'nosuch.module'"),
 ])
 def test_cli_errors_are_one_line(capsys, args, message):
     code = main([*args, "--quiet"])
@@ -106,6 +107,9 @@ def test_cli_entry_point():
     proc = subprocess.run([sys.executable, "-m", "fxopt.tools.cli", "dump", "nosuchmodel"], capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "unknown model" in proc.stderr
+
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 def _chromium():
@@ -126,6 +130,15 @@ def test_html_page_works_in_a_real_browser(tmp_path, capsys):
     dom = proc.stdout
     assert 'id="count">61 of ' in dom  # the script ran: the search found SmolLM2's 61 fused RMSNorms
     assert dom.count('class="node hit"') == 61
+    # the rendered page, kept as a test artifact (tests/artifacts/, not committed) for a person to look at
+    shot = ARTIFACTS / "dump_html_smollm2.png"
+    shot.parent.mkdir(exist_ok=True)
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile2'}", "--virtual-time-budget=5000",
+                    "--window-size=1400,900", f"--screenshot={shot}", f"file://{page}#q=rms_norm"],
+                   capture_output=True, text=True, timeout=120)
+    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 10_000  # something was drawn
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed (apt-get install graphviz)")

@@ -181,3 +181,48 @@ def test_third_party_passes_are_found_through_entry_points(monkeypatch):
     monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [broken])
     with pytest.raises(fxopt.PipelineSpecError, match="'broken' .* is not a GraphPass"):
         registry.available_passes()
+
+
+def test_register_pass_places_it_in_the_default_pipeline():
+    fuse_silu = fxopt.pattern_pass("fuse-silu-registered", lambda x: x * torch.sigmoid(x),
+                                   lambda x: torch.ops.aten.silu.default(x), example_inputs=(torch.randn(4, 8),))
+    try:
+        fxopt.register_pass(fuse_silu, after="fuse-attention")
+        names = fxopt.default_pipeline()
+        assert names.index("fuse-silu-registered") == names.index("fuse-attention") + 1
+        assert [p.name for p, _ in build_pipeline()] == list(names)
+        assert fxopt.registry.get_pass("fuse-silu-registered") is fuse_silu  # and by name, in specs too
+
+        class Swish(torch.nn.Module):
+            def forward(self, x):
+                return torch.sigmoid(x) * x
+
+        compiled = fxopt.compile(Swish(), torch.randn(4, 8), backend="eager")
+        assert compiled.report.pipeline.record("fuse-silu-registered").stats == {"fuse-silu-registered": 1}
+        with pytest.raises(fxopt.PipelineSpecError, match="already exists"):
+            fxopt.register_pass(scale.__class__(name="fuse-attention", fn=scale.fn))
+        with pytest.raises(fxopt.PipelineSpecError, match="unknown pass 'fuse-atention'"):
+            fxopt.register_pass(fuse_silu, after="fuse-atention")
+        fxopt.register_pass(fuse_silu, default=False)
+        assert "fuse-silu-registered" not in fxopt.default_pipeline()
+    finally:
+        fxopt.unregister_pass("fuse-silu-registered")
+    assert "fuse-silu-registered" not in fxopt.default_pipeline()
+
+
+def test_entry_point_passes_with_an_ordering_join_the_default_pipeline(monkeypatch):
+    from importlib import metadata
+
+    import fxopt.registry as registry
+
+    ordered = metadata.EntryPoint(name="x", value="test_pass_manager:ordered_plugin", group=registry.ENTRY_POINT_GROUP)
+    unordered = metadata.EntryPoint(name="y", value="test_pass_manager:scale", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [ordered, unordered])
+    names = fxopt.default_pipeline()
+    assert names.index("ordered-plugin") == names.index("select-gemm-backend") - 1  # before it, as it declares
+    assert "scale" not in names  # no ordering: by name only
+
+
+@fxopt.node_rewrite("ordered-plugin", before=("select-gemm-backend",))
+def ordered_plugin(node, rw):
+    return None

@@ -28,18 +28,18 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def test_forced_mkl_golden_and_exact():
-    result = check_pass("select-gemm-backend", MLP(), torch.randn(5, 32), options=GemmOptions(margin=-10.0, reps=3))
+    result = check_pass("select-gemm-backend", MLP(), torch.randn(5, 32), options=GemmOptions(backend="mkl"))
     assert result.stats == {"mkl": 2}
     filecheck(result.after, """
         CHECK: %_mkl_linear_default = mkl._mkl_linear(%x, %_fxopt_linear_mkl_packed, %up.weight, %up.bias, 5) : f32[batch, 64]
         CHECK: mkl._mkl_linear(%relu, %_fxopt_linear_1_mkl_packed, %down.weight, None, 5) : f32[batch, 32]
         CHECK-NOT: aten.linear
     """)
-    assert any("onednn" in d and "mkl" in d for d in result.diagnostics)
+    assert any("not timed" in d for d in result.diagnostics)
 
 
 def test_forced_onednn_leaves_linears_to_inductor():
-    result = check_pass("select-gemm-backend", MLP(), torch.randn(5, 32), options=GemmOptions(margin=10.0, reps=3))
+    result = check_pass("select-gemm-backend", MLP(), torch.randn(5, 32), options=GemmOptions(backend="onednn"))
     assert result.stats == {"onednn": 2} and not result.changed
 
 
@@ -57,7 +57,7 @@ def test_timings_are_cached_per_machine():
 def test_compiled_with_inductor_at_other_batches():
     torch.manual_seed(0)
     model = MLP().eval()
-    compiled = fxopt.compile(model, torch.randn(8, 32), passes="eliminate-dead-nodes,select-gemm-backend{margin=-10,reps=3}")
+    compiled = fxopt.compile(model, torch.randn(8, 32), passes="eliminate-dead-nodes,select-gemm-backend{backend=mkl}")
     assert compiled.report.pipeline.record("select-gemm-backend").stats == {"mkl": 2}
     for batch in (1, 3, 40):
         x = torch.randn(batch, 32)
@@ -71,6 +71,6 @@ def test_cost_of_an_mkl_linear_counts_the_weight_not_the_packed_buffer():
     from fxopt.registry import get_pass
     gm = capture(MLP(), (torch.randn(5, 32),)).graph_module
     before = estimate(gm).bytes
-    get_pass("select-gemm-backend")(gm, PassContext(options=GemmOptions(margin=-10.0, reps=3)))  # forces MKL
+    get_pass("select-gemm-backend")(gm, PassContext(options=GemmOptions(backend="mkl")))
     assert any(n.target is torch.ops.mkl._mkl_linear.default for n in gm.graph.nodes)
     assert estimate(gm).bytes == before

@@ -1,5 +1,10 @@
 """``fxopt bench``: eager, torch.compile and fxopt side by side on the real models, with accuracy.
 
+``--models`` takes the bundled models and any other MODEL (a local Hugging Face checkpoint, a ``config.json``
+or ``module:factory``, see :mod:`fxopt.model_source`), at ``--batch``/``--seq`` (default: the bundled models'
+workloads, 4 × 64 for others). ``--passes SPEC`` adds a row for fxopt with that pipeline, so a pass can be
+A/B'd against the default one; ``--json PATH`` writes the rows (speed-up included) and ``--plot PATH`` draws them.
+
 Each configuration runs in its own process (Dynamo caches compiled code per code object, so two
 compiled copies of one model class in one process can share a graph compiled under the other's
 settings). Inside that process the candidate is timed *interleaved* with eager on the same inputs:
@@ -31,6 +36,21 @@ from fxopt.pipeline import DEFAULT_PIPELINE
 
 #: The shapes the benchmark runs: MiniLM batch 8 × 128 tokens, SmolLM2 prefill 1 × 256 tokens.
 WORKLOADS = {"minilm": (8, 128), "smollm2": (1, 256)}
+#: The shape for any other model, unless --batch/--seq say otherwise.
+DEFAULT_SHAPE = (4, 64)
+#: The row ``--passes SPEC`` adds: fxopt with that pipeline.
+CUSTOM_PASSES = "fxopt --passes"
+
+
+def workload(model: str, batch: int | None = None, seq: int | None = None) -> tuple[int, int]:
+    """The (batch, seq) a model is benchmarked at."""
+    default = WORKLOADS.get(model, DEFAULT_SHAPE)
+    return batch or default[0], seq or default[1]
+
+
+def call(fn, inputs):
+    """Call a model on example inputs: a dict of keyword arguments or a tuple of positional ones."""
+    return fn(**inputs) if isinstance(inputs, dict) else fn(*inputs)
 
 
 def torch_compile_config(dynamic: bool):
@@ -150,6 +170,13 @@ class Measurement:
     def spread(self) -> str:
         return f"{min(self.runs):.2f}–{max(self.runs):.2f}×" if len(self.runs) > 1 else "-"
 
+    def to_json(self) -> dict:
+        """The row as JSON, with the speed vs eager as a field (``speedup``; ``null`` for a failed row)."""
+        row = {k: None if isinstance(v, float) and v != v else v for k, v in self.__dict__.items()}  # NaN → null
+        speedup = self.speedup
+        return {**row, "speedup": None if speedup != speedup else speedup,
+                "failed": not self.accuracy and self.extra.startswith("failed")}
+
 
 def combine(runs: list[Measurement]) -> Measurement:
     """One row from the same configuration measured in several processes: medians, the largest peak memory,
@@ -163,17 +190,31 @@ def combine(runs: list[Measurement]) -> Measurement:
 
 
 def accuracy(model_name: str, reference, output, inputs) -> dict:
-    """On the benchmark input: max |Δ| / max |reference| of the main output (and SmolLM2's top-1 agreement)."""
-    if model_name == "minilm":
-        return {"max_rel_err": _rel(output.last_hidden_state, reference.last_hidden_state)}
-    ref, out = reference.logits, output.logits
-    return {"max_rel_err": _rel(out, ref), "top1_agreement": metrics.next_token_agreement(ref, out)}
+    """On the benchmark input: max |Δ| / max |reference| of the main output (the first floating-point tensor:
+    ``last_hidden_state``, ``logits``…), and next-token agreement where the output has logits."""
+    ref, out = _main_output(reference), _main_output(output)
+    if ref is None or out is None:
+        return {}
+    acc = {"max_rel_err": _rel(out.float(), ref.float())}
+    if getattr(reference, "logits", None) is not None and ref.dim() == 3:
+        acc["top1_agreement"] = metrics.next_token_agreement(ref, out)
+    return acc
+
+
+def _main_output(out):
+    for leaf in torch.utils._pytree.tree_leaves(out if not hasattr(out, "to_tuple") else out.to_tuple()):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+            return leaf
+    return None
 
 
 def held_out_accuracy(model_name: str, real, candidate) -> dict:
     """Accuracy on text no configuration was calibrated on (:mod:`fxopt.metrics`): MiniLM's min pooled cosine over
     64 sentences of :func:`fxopt.metrics.evaluation_text` (padded to the benchmark's 128 tokens, so static
-    peers run them too); SmolLM2's perplexity on 2,048 of its tokens, relative to fp32's."""
+    peers run them too); SmolLM2's perplexity on 2,048 of its tokens, relative to fp32's. Other models: none
+    (their rows show the error on the benchmark input)."""
+    if model_name not in WORKLOADS:
+        return {}
     with torch.no_grad():
         if model_name == "minilm":
             batch, seq = WORKLOADS[model_name]
@@ -207,42 +248,55 @@ def format_accuracy(acc: dict) -> str:
         parts.append(f"ppl {(acc['perplexity'] / acc['perplexity_fp32'] - 1) * 100:+.2f}%")
     if "top1_agreement" in acc:
         parts.append(f"top-1 {acc['top1_agreement'] * 100:.1f}%")
-    parts.append(f"rel err {acc['max_rel_err']:.1e}")
-    return ", ".join(parts)
+    if "max_rel_err" in acc:
+        parts.append(f"rel err {acc['max_rel_err']:.1e}")
+    return ", ".join(parts) or "-"
 
 
-def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3,
-            build: Callable | None = None) -> Measurement:
-    """Build one configuration and time it interleaved with eager, in this process."""
-    from fxopt import models
+def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build: Callable | None = None, *,
+            batch: int | None = None, seq: int | None = None, passes: str | None = None) -> Measurement:
+    """Build one configuration and time it interleaved with eager, in this process. ``model_name`` is any
+    MODEL (:mod:`fxopt.model_source`); ``passes`` is the spec of the :data:`CUSTOM_PASSES` row."""
+    from fxopt.model_source import load_source
 
-    real = models.load(model_name)
-    batch, seq = WORKLOADS[model_name]
-    inputs = real.inputs(batch, seq)
-    build = build or CONFIGS[config]
+    source = load_source(model_name)
+    batch, seq = workload(model_name, batch, seq)
+    inputs = source.inputs(batch, seq)
+    model = source.model
+    build = build or (fxopt_config(passes=passes) if config == CUSTOM_PASSES else CONFIGS[config])
     with torch.no_grad():
         start = time.perf_counter()
-        candidate, extra = build(real.model, inputs)
-        output = candidate(**inputs)  # first call: compilation happens here for torch.compile
+        candidate, extra = build(model, inputs)
+        output = call(candidate, inputs)  # first call: compilation happens here for torch.compile
         compile_s = time.perf_counter() - start
-        reference = real.model(**inputs)
+        reference = call(model, inputs)
         for _ in range(warmup):
-            real.model(**inputs)
-            candidate(**inputs)
+            call(model, inputs)
+            call(candidate, inputs)
         eager_t, cand_t = [], []
         for _ in range(reps):
             t0 = time.perf_counter()
-            real.model(**inputs)
+            call(model, inputs)
             t1 = time.perf_counter()
-            candidate(**inputs)
+            call(candidate, inputs)
             t2 = time.perf_counter()
             eager_t.append(t1 - t0)
             cand_t.append(t2 - t1)
-    predicted = predicted_speedup(candidate, batch, seq) if getattr(build, "predicts", False) else None
+    predicted = _predicted(candidate, batch, seq) if getattr(build, "predicts", False) else None
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    acc = {**accuracy(model_name, reference, output, inputs), **held_out_accuracy(model_name, real, candidate)}
+    acc = {**accuracy(model_name, reference, output, inputs)}
+    if source.kind == "bundled":
+        from fxopt import models
+        acc.update(held_out_accuracy(model_name, models.load(model_name), candidate))
     return Measurement(model_name, config, f"{batch}×{seq}", statistics.median(eager_t) * 1e3,
                        statistics.median(cand_t) * 1e3, compile_s, acc, extra, predicted, peak_mb)
+
+
+def _predicted(candidate, batch: int, seq: int) -> float | None:
+    try:
+        return predicted_speedup(candidate, batch, seq)
+    except ValueError:  # a model whose dynamic dims are not batch and seq
+        return None
 
 
 def run_worker(module: str, args: list[str], what: str) -> dict:
@@ -264,15 +318,19 @@ class WorkerFailed(RuntimeError):
         super().__init__(f"benchmark worker for {what} failed:\n{stderr[-3000:]}")
 
 
-def run_isolated(model_name: str, config: str, reps: int) -> Measurement:
+def run_isolated(model_name: str, config: str, reps: int, *, batch: int | None = None, seq: int | None = None,
+                 passes: str | None = None) -> Measurement:
     """Run :func:`measure` in a fresh Python process and read its JSON result (a failed configuration becomes a
     row that says why)."""
     args = ["--models", model_name, "--configs", config, "--reps", str(reps)]
+    args += [f"--batch={batch}"] if batch else []
+    args += [f"--seq={seq}"] if seq else []
+    args += [f"--passes={passes}"] if passes else []
     try:
         return Measurement(**run_worker("fxopt.tools.bench", args, f"{model_name} / {config}"))
     except WorkerFailed as e:
         print(f"[bench] {model_name} / {config} failed: {e.reason}", file=sys.stderr, flush=True)
-        batch, seq = WORKLOADS[model_name]
+        batch, seq = workload(model_name, batch, seq)
         return Measurement(model_name, config, f"{batch}×{seq}", float("nan"), float("nan"), float("nan"), {},
                            f"failed: {e.reason[:300]}")
 
@@ -317,43 +375,122 @@ def write_markdown(path: str, results: list[Measurement], command: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fxopt bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="minilm,smollm2", help="comma-separated: minilm, smollm2")
-    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
-                        help=f"comma-separated from: {', '.join(CONFIGS)}")
-    parser.add_argument("--reps", type=int, default=20, help="timed rounds (after warm-up); default 20")
-    parser.add_argument("--processes", type=int, default=1,
+    parser.add_argument("--models", default="minilm,smollm2",
+                        help="comma-separated MODELs: minilm, smollm2, a Hugging Face checkpoint directory, a "
+                             "config.json or module:factory (default minilm,smollm2)")
+    parser.add_argument("--configs", default=None,
+                        help=f"comma-separated from: {', '.join(CONFIGS)} (default: all but the A/B rows; "
+                             "with --passes: fxopt)")
+    parser.add_argument("--passes", metavar="SPEC", help=f"add a row '{CUSTOM_PASSES}': fxopt with this pipeline spec")
+    parser.add_argument("--batch", type=positive_int, help="batch size (default: 8 for minilm, 1 for smollm2, 4)")
+    parser.add_argument("--seq", type=positive_int, help="sequence length (default: 128, 256, 64)")
+    parser.add_argument("--reps", type=positive_int, default=20, help="timed rounds (after warm-up); default 20")
+    parser.add_argument("--processes", type=positive_int, default=1,
                         help="measure each configuration in this many fresh processes, taking turns (default 1)")
     parser.add_argument("--write", metavar="PATH", help="also write the table as markdown (e.g. BENCHMARKS.md)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON (speed-up included)")
+    parser.add_argument("--plot", metavar="PATH", help="also draw speed vs eager per configuration, with accuracy "
+                                                       "(PNG; needs matplotlib: pip install 'fxopt[plot]')")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     models_ = [m.strip() for m in args.models.split(",") if m.strip()]
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    bad = [m for m in models_ if m not in WORKLOADS] + [c for c in configs if c not in CONFIGS]
-    if bad or args.reps < 1 or args.processes < 1:
-        parser.error(f"unknown model or configuration: {bad}" if bad else "--reps and --processes must be at least 1")
-    from fxopt.machine import writable_output
-    if args.write and writable_output(args.write):
-        parser.error(f"--write: {writable_output(args.write)}")
+    default_configs = ["fxopt"] if args.passes else DEFAULT_CONFIGS
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()] if args.configs else list(default_configs)
+    if args.passes and CUSTOM_PASSES not in configs:
+        configs.append(CUSTOM_PASSES)
+    problem = _check_arguments(models_, configs, args)
+    if problem:
+        parser.error(problem)
+    shape = {"batch": args.batch, "seq": args.seq}
     if args.worker:
-        m = measure(models_[0], configs[0], reps=args.reps)
+        m = measure(models_[0], configs[0], reps=args.reps, passes=args.passes, **shape)
         print(json.dumps(m.__dict__))
         return 0
     print(f"[bench] {machine_header()}", file=sys.stderr, flush=True)
     results = []
+    total = len(models_) * len(configs) * args.processes
+    done = 0
+    started = time.perf_counter()
     for model_name in models_:
         runs: dict[str, list[Measurement]] = {c: [] for c in configs}
         for round_ in range(args.processes):  # configurations take turns, so slow spells hit them alike
             for config in configs:
                 of = f" (process {round_ + 1}/{args.processes})" if args.processes > 1 else ""
-                print(f"[bench] {model_name} / {config}{of} …", file=sys.stderr, flush=True)
-                runs[config].append(run_isolated(model_name, config, args.reps))
+                eta = (f", about {(time.perf_counter() - started) / done * (total - done) / 60:.0f} min left"
+                       if done else "")
+                done += 1
+                print(f"[bench {done}/{total}{eta}] {model_name} / {config}{of} …", file=sys.stderr, flush=True)
+                runs[config].append(run_isolated(model_name, config, args.reps, passes=args.passes, **shape))
         results.extend(combine(runs[c]) if args.processes > 1 else runs[c][0] for c in configs)
     print(f"{machine_header()}\n\n{table(results)}")
+    command = "fxopt bench " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     if args.write:
-        command = "fxopt bench " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
         write_markdown(args.write, results, command.strip())
         print(f"wrote {args.write}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": command.strip(), "machine": machine_header(), "date": datetime.date.today().isoformat(),
+                       "results": [m.to_json() for m in results]}, f, indent=2)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        from fxopt.tools.bench_plot import plot_speedups
+        plot_speedups(results, args.plot, title=machine_header())
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _check_arguments(models_: list[str], configs: list[str], args) -> str | None:
+    """What is wrong with the arguments, checked before any model loads (None when nothing is)."""
+    import importlib
+    from pathlib import Path
+
+    from fxopt.machine import writable_output
+    from fxopt.model_source import spec_problem
+
+    for m in models_:
+        if spec_problem(m):
+            return spec_problem(m)
+    bad = [c for c in configs if c not in CONFIGS and c != CUSTOM_PASSES]
+    if bad:
+        return f"unknown configuration(s) {bad}; choose from: {', '.join(CONFIGS)}"
+    if CUSTOM_PASSES in configs and not args.passes:
+        return f"the configuration {CUSTOM_PASSES!r} needs --passes SPEC"
+    for flag in ("write", "json", "plot"):
+        problem = writable_output(getattr(args, flag)) if getattr(args, flag) else None
+        if problem:
+            return f"--{flag}: {problem}"
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return "--plot needs matplotlib: pip install 'fxopt[plot]'"
+    if args.passes:
+        from fxopt.errors import FxoptError
+        from fxopt.pipeline import build_pipeline
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # as fxopt.model_source does for module:factory
+        for m in models_:  # a factory's module may register the passes the spec names
+            if ":" in m and not Path(m).exists():
+                try:
+                    importlib.import_module(m.partition(":")[0])
+                except ImportError:
+                    pass  # the worker says so in the row
+        try:
+            build_pipeline(args.passes)
+        except FxoptError as e:
+            return f"--passes: {e}"
+    return None
 
 
 if __name__ == "__main__":

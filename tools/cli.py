@@ -1,6 +1,7 @@
 """The ``fxopt`` command.
 
     fxopt optimize minilm          compile a bundled model, print a before/after table
+    fxopt optimize ./my-checkpoint --batch 4 --seq 64   ... any local Hugging Face checkpoint, or module:factory
     fxopt optimize minilm --quantize auto   ... with int8/bf16 linears planned to hold an accuracy budget
     fxopt bench                    eager vs torch.compile vs fxopt on the real models
     fxopt bench --generate         generation: time to first token, decode tokens/s (SmolLM2)
@@ -18,16 +19,15 @@ import sys
 from tabulate import tabulate
 
 from fxopt.quant_planner import MODES
+from fxopt.tools.bench import positive_int
 
 
 def _optimize(args) -> int:
-    from fxopt.models import MODEL_NAMES
-    from fxopt.tools.bench import WORKLOADS, format_accuracy, measure
+    from fxopt.tools.bench import format_accuracy, measure, workload
     import fxopt
 
-    if args.model not in MODEL_NAMES:
-        print(f"fxopt optimize: unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}", file=sys.stderr)
-        return 2
+    if args.passes:
+        fxopt.build_pipeline(args.passes)  # a bad spec is one line before any model loads
     holder = {}
 
     def build(model, inputs):
@@ -37,9 +37,9 @@ def _optimize(args) -> int:
         return compiled, ""
 
     print(f"[fxopt] loading {args.model}, compiling, then timing {args.reps} interleaved rounds…", file=sys.stderr)
-    m = measure(args.model, "fxopt", reps=args.reps, build=build)
+    batch, seq = workload(args.model, args.batch, args.seq)
+    m = measure(args.model, "fxopt", reps=args.reps, build=build, batch=batch, seq=seq)
     report = holder["compiled"].report
-    batch, seq = WORKLOADS[args.model]
     print(f"\n{args.model}: batch {batch} × {seq} tokens\n")
     print(tabulate([
         ["graph nodes", report.nodes_captured, report.nodes_optimized],
@@ -128,12 +128,12 @@ def _cache(args) -> int:
 
 
 def _passes(args) -> int:
-    from fxopt.pipeline import DEFAULT_PIPELINE
+    from fxopt.pipeline import default_pipeline
     from fxopt.registry import available_passes
 
-    rows = [[p.name, p.level, "yes" if p.name in DEFAULT_PIPELINE else "", p.summary]
-            for p in available_passes().values()]
-    print(tabulate(rows, headers=["pass", "level", "default", "what it does"]))
+    order = {name: i + 1 for i, name in enumerate(default_pipeline())}
+    rows = [[p.name, p.level, order.get(p.name, ""), p.summary] for p in available_passes().values()]
+    print(tabulate(rows, headers=["pass", "level", "# in default", "what it does"]))
     return 0
 
 
@@ -141,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fxopt", description="A torch.fx pass compiler for fast inference.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    opt = sub.add_parser("optimize", help="compile a bundled model and print a before/after table")
-    opt.add_argument("model", help="minilm or smollm2")
+    opt = sub.add_parser("optimize", help="compile a model and print a before/after table")
+    opt.add_argument("model", help="minilm, smollm2, a Hugging Face checkpoint directory, a config.json, or "
+                                   "module:factory (a function returning (model, example_inputs))")
+    opt.add_argument("--batch", type=positive_int, help="example batch (default: 8 minilm, 1 smollm2, else 4)")
+    opt.add_argument("--seq", type=positive_int, help="example sequence length (default: 128, 256, else 64)")
     opt.add_argument("--passes", default=None, help="pipeline spec, e.g. 'eliminate-dead-nodes' (default pipeline)")
     opt.add_argument("--reps", type=int, default=10, help="timed rounds (default 10)")
     opt.add_argument("--verbose", action="store_true", help="print progress per pass")
@@ -193,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-new-tokens must be at least 1")
     if getattr(args, "accuracy_budget", None) is not None and args.quantize is None:
         parser.error("--accuracy-budget needs --quantize")
+    if args.command == "optimize":
+        from fxopt.model_source import spec_problem
+        if spec_problem(args.model):
+            parser.error(spec_problem(args.model))
     try:
         return args.run(args)
     except Exception as e:  # noqa: BLE001 - fxopt's own errors print as one line

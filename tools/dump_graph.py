@@ -1,8 +1,8 @@
 """``fxopt dump MODEL``: a model's graph before, during and after the pipeline.
 
-MODEL is a bundled model (``minilm``, ``smollm2``), a local Hugging Face model directory (weights
+MODEL is a bundled model (``minilm``, ``smollm2``), a local Hugging Face checkpoint directory (weights
 loaded) or ``config.json`` (random weights), or ``module:factory`` naming a function that returns
-``(model, example_inputs)``.
+``(model, example_inputs)`` (:mod:`fxopt.model_source` has the contract); ``--batch``/``--seq`` size the inputs.
 
 Formats: ``text`` (the canonical printer), ``table`` (per node: op, shape, dtype, FLOPs, bytes,
 precision, the pass that created it), ``summary`` (by op type), ``layers`` (one row per transformer
@@ -13,7 +13,6 @@ the FLOPs delta), ``html`` (one self-contained page: search, zoom, pan; works of
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import re
 import shutil
@@ -41,44 +40,12 @@ class DumpError(Exception):
 # loading
 
 
-def load_model(spec: str):
-    """(model, example kwargs or args) for a MODEL argument (see the module docstring)."""
-    from fxopt import models
+def load_model(spec: str, batch: int = 2, seq: int = 32):
+    """(model, example kwargs or args) for a MODEL argument (:mod:`fxopt.model_source`)."""
+    from fxopt.model_source import load_source
 
-    if spec in models.MODEL_NAMES:
-        real = models.load(spec)
-        return real.model, real.inputs(2, 32)
-    path = Path(spec)
-    if path.exists():
-        return _load_hf(path)
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise DumpError(f"cannot import {spec!r}: {e}") from None
-        result = factory()
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise DumpError(f"{spec} must return (model, example_inputs), got {type(result).__name__}")
-        return result
-    raise DumpError(f"unknown model {spec!r}: give minilm, smollm2, a Hugging Face model directory or "
-                    "config.json, or module:factory")
-
-
-def _load_hf(path: Path):
-    import transformers
-
-    config_path = path if path.is_file() else path / "config.json"
-    if not config_path.exists():
-        raise DumpError(f"{path} has no config.json: not a Hugging Face model directory")
-    config = transformers.AutoConfig.from_pretrained(config_path.parent if path.is_dir() else str(config_path))
-    has_weights = path.is_dir() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin")))
-    if has_weights:
-        model = transformers.AutoModel.from_pretrained(path)
-    else:
-        model = transformers.AutoModel.from_config(config)
-    ids = torch.randint(0, min(getattr(config, "vocab_size", 1000), 1000), (2, 16))
-    return model.eval(), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    source = load_source(spec)
+    return source.model, source.inputs(batch, seq)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,7 +274,7 @@ def run(args) -> str:
         raise DumpError(f"--after {args.after!r} is not a pass of the pipeline ({', '.join(names)}, or capture)")
     progress = _progress(args.quiet)
     progress(f"loading {args.model}")
-    model, example = load_model(args.model)
+    model, example = load_model(args.model, args.batch, args.seq)
     progress("capturing with torch.export")
     if isinstance(example, dict):
         captured = capture(model, (), example)
@@ -381,8 +348,12 @@ def _progress(quiet: bool):
 
 
 def parser() -> argparse.ArgumentParser:
+    from fxopt.tools.bench import positive_int
+
     p = argparse.ArgumentParser(prog="fxopt dump", description=__doc__.splitlines()[0])
     p.add_argument("model", help="minilm, smollm2, a HF model dir or config.json, or module:factory")
+    p.add_argument("--batch", type=positive_int, default=2, help="example batch size (default 2)")
+    p.add_argument("--seq", type=positive_int, default=32, help="example sequence length (default 32)")
     p.add_argument("--format", default="text", help=f"one of {', '.join(FORMATS)} (default text)")
     p.add_argument("--passes", default=None, help="pipeline spec (default: the default pipeline)")
     p.add_argument("--after", metavar="PASS", help="show the graph after this pass (or 'capture')")

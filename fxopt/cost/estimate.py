@@ -64,18 +64,24 @@ class CostReport:
     def symbols(self) -> list[sympy.Symbol]:
         return sorted(self.flops.free_symbols | self.bytes.free_symbols, key=str)
 
-    def at(self, **dims: int) -> dict[str, float]:
-        """Evaluate the totals at concrete sizes, e.g. ``at(batch=8, seq=128)``."""
+    def _sizes(self, dims: dict[str, int], call: str) -> dict:
         subs = {dim_symbol(k): v for k, v in dims.items()}
         missing = [str(s) for s in self.symbols if s not in subs]
         if missing:
-            raise ValueError(f"give a size for {', '.join(missing)} (the formulas depend on them)")
+            example = ", ".join(f"{m}=..." for m in missing)
+            raise ValueError(f"give a size for {', '.join(missing)}: the formulas depend on them ({call}({example}))")
+        return subs
+
+    def at(self, **dims: int) -> dict[str, float]:
+        """Evaluate the totals at concrete sizes, e.g. ``at(batch=8, seq=128)``."""
+        subs = self._sizes(dims, "at")
         return {"flops": float(self.flops.subs(subs)), "matmul_flops": float(self.matmul_flops.subs(subs)),
                 "bytes": float(self.bytes.subs(subs))}
 
     def by_op(self, **dims: int) -> list[tuple[str, int, float, float]]:
-        """(op, count, GFLOP, MB) per op type at the given sizes, largest FLOPs first."""
-        subs = {dim_symbol(k): v for k, v in dims.items()}
+        """(op, count, GFLOP, MB) per op type at the given sizes (every dynamic dim needs one), largest FLOPs
+        first."""
+        subs = self._sizes(dims, "by_op")
         rows: dict[str, list] = {}
         for n in self.nodes:
             row = rows.setdefault(n.op, [0, 0.0, 0.0])
