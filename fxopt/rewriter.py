@@ -27,12 +27,8 @@ import torch.fx
 from fxopt.constant_pool import pool_of
 from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.ir.meta import infer_meta
+from fxopt.ir.ops import OWN_CONSTANT_PREFIX  # noqa: F401 - re-exported: where passes and lowering look for it
 from fxopt.ir.printer import format_node
-
-
-#: The name prefix of every constant a pass adds with :meth:`Rewriter.add_constant` (the model's own weights
-#: keep their names): how lowering tells the constants fxopt made from the ones the model owns.
-OWN_CONSTANT_PREFIX = "_fxopt_"
 
 
 class Rewriter:

@@ -16,6 +16,7 @@ capture uses non-strict ``torch.export`` under ``torch.no_grad()``.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from torch.export import Dim
 from torch.utils import _pytree as pytree
 
 from fxopt.errors import CaptureError
+from fxopt.ir.static_fallback import export_with_fallback
 
 #: Default ranges of the dynamic dimensions. ``seq``'s upper bound is lowered to the model's
 #: ``max_position_embeddings`` when it has one.
@@ -171,16 +173,30 @@ def capture(
     has_seq = is_hf_model(model) or "seq" in (dims or {})
     axes = _axes_of_inputs(named, has_seq, dim_axes) if dynamic else {}
     user_sizes = _example_sizes(named, axes)
-    dyn_spec, named = _dynamic_spec(named, ranges, dynamic, user_sizes, axes, notes=notes)
+
+    def attempt(static: frozenset[str]):
+        kept = {key: {axis: n for axis, n in entry.items() if n not in static} for key, entry in axes.items()}
+        sizes = {n: size for n, size in user_sizes.items() if n not in static}
+        attempt_notes: list[str] = []
+        spec, example = _dynamic_spec(named, ranges, dynamic, sizes, kept, notes=attempt_notes)
+        with torch.no_grad():
+            exported = torch.export.export(model, (), example, dynamic_shapes=spec, strict=False)
+        return exported, spec, example, attempt_notes
 
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     try:
-        with torch.no_grad():
-            exported = torch.export.export(model, (), named, dynamic_shapes=dyn_spec, strict=False)
-    except Exception as e:  # noqa: BLE001 - every failure becomes one clear CaptureError
-        raise CaptureError(_explain_export_failure(model, e, ranges)) from e
+        # the dims fxopt chose may fall back to static; those the caller ranged in dims= may not
+        automatic = set(user_sizes) - set(dims or {}) if dynamic else set()
+        exported, dyn_spec, named, attempt_notes = export_with_fallback(attempt, automatic, user_sizes, notes)
+        notes.extend(attempt_notes)
+    except CaptureError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure becomes one short CaptureError
+        error = CaptureError(_explain_export_failure(model, e, ranges))
+        error.export_error = e  # torch.export's own exception, for who wants the whole report
+        raise error from (e if os.environ.get("FXOPT_FULL_ERRORS") else None)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
@@ -222,8 +238,9 @@ def capture(
 def _hf_inference_kwargs(model, signature, named: dict, notes: list[str]) -> dict:
     """Fix the Hugging Face flags an inference graph needs: no KV cache object, a ``ModelOutput`` back."""
     params = signature.parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if ("use_cache" in params or accepts_any) and getattr(model.config, "use_cache", False):
+    # Only a forward that names use_cache gets it: passed through **kwargs it would need a dynamic-shapes entry
+    # under "kwargs", which torch.export 2.13 rejects; such forwards (encoders, classifiers) keep no cache.
+    if "use_cache" in params and getattr(model.config, "use_cache", False):
         if named.get("use_cache") is not False:
             notes.append("use_cache=False: the captured graph recomputes the whole sequence (no KV-cache object)")
         named["use_cache"] = False
@@ -461,7 +478,8 @@ def _explain_export_failure(model, error: Exception, ranges) -> str:
                 "run torch.export.export(model, args, kwargs, strict=False) yourself to see the full report.")
     where = f"\n  at {frame}" if frame else ""
     return (f"could not capture {type(model).__name__} with torch.export: {type(error).__name__}: "
-            f"{first_line[:400]}{where}\n  what to do: {hint}")
+            f"{first_line[:400]}{where}\n  what to do: {hint}\n  (FXOPT_FULL_ERRORS=1 shows torch.export's own "
+            "report and traceback)")
 
 
 def _innermost_model_frame(error: Exception) -> str | None:

@@ -18,6 +18,10 @@ import torch.fx
 
 aten = torch.ops.aten
 
+#: The name prefix of every constant a pass adds with :meth:`fxopt.Rewriter.add_constant` (the model's own
+#: weights keep their names): how lowering and the verifier tell the constants fxopt made from the model's.
+OWN_CONSTANT_PREFIX = "_fxopt_"
+
 #: Export's runtime checks; fxopt checks inputs at call time, so an inference graph can drop them.
 ASSERTIONS = frozenset({
     aten._assert_tensor_metadata.default, aten._assert_scalar.default, aten._assert_async.msg,
@@ -80,6 +84,41 @@ def is_commutative(target) -> bool:
     return target in COMMUTATIVE
 
 
+def is_written(node: torch.fx.Node) -> bool:
+    """True when a user of ``node`` writes into its value in place, directly or through a view of it
+    (``add_(slice(node))``). Such a value cannot become a constant shared by every call: the write would
+    change it for the next one. (``torch.export`` keeps in-place ops in its graphs: MPNet's position buckets
+    are built with ``+=``.)"""
+    stack, seen = [node], set()
+    while stack:
+        value = stack.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        for user in value.users:
+            target = user.target
+            if target is operator.getitem:
+                stack.append(user)
+                continue
+            if not isinstance(target, torch._ops.OpOverload):
+                continue
+            schema = target._schema
+            for i, arg in enumerate(user.args):
+                if arg is not value or i >= len(schema.arguments):
+                    continue
+                alias = schema.arguments[i].alias_info
+                if alias is not None and alias.is_write:
+                    return True
+                if alias is not None and any(r.alias_info is not None for r in schema.returns):
+                    stack.append(user)  # a view of the value: writes into it write into the value
+            for name, arg in user.kwargs.items():
+                if arg is value:
+                    alias = next((a.alias_info for a in schema.arguments if a.name == name), None)
+                    if alias is not None and alias.is_write:
+                        return True
+    return False
+
+
 def is_graph_op(target) -> bool:
     """A call target a captured graph may hold: an operator (``torch.ops.*``), a higher-order op, or Python's
     arithmetic on symbolic sizes (``operator.mul``, ``torch.sym_max``…). A Python function such as
@@ -94,4 +133,4 @@ def is_graph_op(target) -> bool:
 
 
 __all__ = ["ASSERTIONS", "CONVERSIONS", "VIEWS", "ALIASES", "DATA_MOVEMENT", "COMMUTATIVE", "IDENTITY_SCALAR",
-           "is_random", "is_mutating", "is_pure", "is_commutative", "is_graph_op"]
+           "is_random", "is_mutating", "is_pure", "is_commutative", "is_graph_op", "is_written"]

@@ -5,7 +5,8 @@
 3. no dead node: every non-output node that is pure has a user;
 4. the outputs keep the captured structure: same count, and each output's dtype and rank;
 5. every call is an operator (``torch.ops.*``, or Python arithmetic on sizes): no Python function, method or
-   module call, which Inductor and the cost model would not see as an op;
+   module call, which Inductor and the cost model would not see as an op; and no constant a pass made is
+   written in place (the next call would see the write);
 6. with ``deep=True``: every node's ``meta["val"]`` is what fake-tensor propagation computes from its inputs'
    (a pass that changed a node's arguments and left its metadata stale is caught here).
 """
@@ -38,6 +39,9 @@ def find_problems(gm: torch.fx.GraphModule, *, deep: bool = False) -> list[str]:
         if node.op == "call_function" and not ops.is_graph_op(node.target):
             problems.append(f"call of {getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', '')}"
                             f", which is not an operator (graphs hold torch.ops.* calls): {format_node(node)}")
+        elif node.op == "get_attr" and str(node.target).startswith(ops.OWN_CONSTANT_PREFIX) and ops.is_written(node):
+            problems.append(f"the constant %{node.name}, made by a pass, is written in place by the graph: every call "
+                            f"would see the previous call's write")
         elif node.op in ("call_method", "call_module"):
             problems.append(f"{node.op} node, which is not an operator (graphs hold torch.ops.* calls): "
                             f"{format_node(node)}")

@@ -27,7 +27,7 @@ import torch
 import torch.fx
 
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
-from fxopt.ir.ops import is_pure
+from fxopt.ir.ops import is_pure, is_written
 from fxopt.rewriter import Rewriter
 
 
@@ -70,6 +70,10 @@ def fold_constants(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
             continue
         if all(user in values for user in node.users):
             continue  # an inner node: its consumers are folded too
+        if is_written(node):
+            ctx.note(f"not folded: %{node.name} is written in place by a user, so it cannot be a shared constant")
+            rw.count("written in place")
+            continue
         size = _nbytes(value)
         if size > opts.max_bytes or (size > opts.small_bytes and size > source_bytes[node]):
             ctx.note(f"not folded (size cap): %{node.name} would take {size / 2**20:.1f} MiB")

@@ -45,8 +45,8 @@ import torch.fx
 
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
 from fxopt.ir.meta import fake_mode_of, size_expr, tensor_val
-from fxopt.ir.ops import DATA_MOVEMENT, is_pure
-from fxopt.rewriter import Rewriter
+from fxopt.ir.ops import DATA_MOVEMENT, is_pure, is_written
+from fxopt.rewriter import Rewriter, is_erased
 
 aten = torch.ops.aten
 
@@ -68,6 +68,12 @@ def fold_position_tables(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
     position = {n: i for i, n in enumerate(gm.graph.nodes)}
     for node in [n for n, sym in symbol_of.items() if sym is not None and n.op == "call_function"
                  and n.target is not aten.sym_size.int and any(u not in symbol_of for u in n.users)]:
+        if is_erased(node):
+            continue
+        if is_written(node):
+            ctx.note(f"not folded: %{node.name} is written in place by a user, so it cannot be a shared table")
+            rw.count("written in place")
+            continue
         cone = _cone(node, symbol_of, position)
         if all(n.op != "call_function" or n.target in DATA_MOVEMENT for n in cone):
             continue  # only views of arange: not worth a constant
@@ -90,9 +96,13 @@ def fold_position_tables(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
             continue
         length = _length_node(cone, sym, symbol_of)
         value = rw.add_constant(node.name + "_table", table, before=node)
+        symbol_of[value] = None
         for d in dims:
             value = rw.call(aten.slice.Tensor, (value, d, 0, length), before=node)
+            symbol_of[value] = sym  # a later table built on this one reads it through the slice
+        del symbol_of[node]
         rw.replace(node, value)
+        position = {n: i for i, n in enumerate(gm.graph.nodes)}
         rw.count("tables")
     rw.remove_unused()
     return rw.result()

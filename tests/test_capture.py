@@ -145,3 +145,50 @@ def test_bad_dim_specs_are_clear(kwargs, message):
     args = {"x": torch.randn(3, 8), "position": torch.tensor([4]), "caches": [torch.randn(3, 2, 10, 8)]}
     with pytest.raises(fxopt.CaptureError, match=message):
         capture(CacheStep(), (), args, **kwargs)
+
+
+DATA_DEPENDENT = '''
+import torch, fxopt
+
+class Branchy(torch.nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x - 1
+
+fxopt.compile(Branchy(), torch.randn(4, 8))
+'''
+
+
+def test_a_capture_error_is_a_few_lines_with_the_full_report_on_request(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "branchy.py"
+    script.write_text(DATA_DEPENDENT)
+    short = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert short.returncode == 1
+    lines = short.stderr.strip().splitlines()
+    assert len(lines) <= 15, short.stderr  # was 212: a warning, the graph twice and a chained traceback
+    assert "branchy.py:6 in forward: if x.sum() > 0:" in short.stderr and "torch.cond" in lines[-2]
+    assert "During handling" not in short.stderr and "def forward" not in short.stderr
+    full = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, "FXOPT_FULL_ERRORS": "1"})
+    assert "direct cause" in full.stderr and len(full.stderr.splitlines()) > len(lines)
+
+
+class FixedLength(torch.nn.Module):
+    """A reshape that holds for one sequence length only (local attention's windows do the like)."""
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], 3, 4, x.shape[-1]).sum(2)
+
+
+def test_a_dim_export_cannot_keep_dynamic_falls_back_to_static_and_says_so():
+    model = FixedLength()
+    compiled = fxopt.compile(model, torch.randn(2, 12, 8), dim_axes={"x": {0: "batch", 1: "seq"}}, backend="eager")
+    assert any(n.startswith("seq is static (12)") for n in compiled.report.notes), compiled.report.notes
+    torch.testing.assert_close(compiled(torch.ones(5, 12, 8)), model(torch.ones(5, 12, 8)))  # batch still dynamic
+    with pytest.raises(fxopt.InputError):
+        compiled(torch.ones(2, 8, 8))

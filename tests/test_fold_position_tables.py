@@ -1,4 +1,5 @@
 """fold-position-tables: rotary and position-embedding tables become slices of one precomputed table."""
+import pytest
 import torch
 
 from fxopt.passes.fold_position_tables import PositionTableOptions
@@ -76,3 +77,40 @@ def test_real_models(minilm_compiled):
     # MiniLM: the position-embedding lookup; its padding-mask prefix is an all-true table
     stats = minilm_compiled.report.pipeline.record("fold-position-tables").stats
     assert stats == {"tables": 2}
+
+
+class InPlaceBuckets(torch.nn.Module):
+    """MPNet's relative buckets build a position table and then add into it in place (``ret += …``)."""
+
+    def forward(self, x):
+        positions = torch.arange(x.shape[1])
+        buckets = (positions[None, :] - positions[:, None]).abs()
+        buckets += 1  # in place: the table must not be a shared constant
+        return x + buckets.float().sum(-1)
+
+
+def test_a_table_written_in_place_is_not_folded():
+    import fxopt
+
+    model = InPlaceBuckets()
+    compiled = fxopt.compile(model, torch.randn(2, 10), dims=SEQ, backend="eager")
+    record = compiled.report.pipeline.record("fold-position-tables")
+    assert any("written in place" in d for d in record.diagnostics), record.diagnostics
+    x = torch.randn(2, 10)
+    for _ in range(3):  # a folded table would grow by one per call
+        torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_verify_names_a_pass_that_leaves_a_constant_written_in_place():
+    from fxopt.errors import VerificationError
+    from fxopt.ir import capture, verify
+
+    gm = capture(InPlaceBuckets(), (torch.randn(2, 10),), dims=SEQ).graph_module
+    add_ = next(n for n in gm.graph.nodes if n.target is torch.ops.aten.add_.Tensor)
+    gm.register_buffer("_fxopt_table", torch.zeros(10, 10, dtype=torch.long))
+    with gm.graph.inserting_before(add_):
+        const = gm.graph.get_attr("_fxopt_table")
+    const.meta["val"] = add_.args[0].meta["val"]
+    add_.args = (const, *add_.args[1:])
+    with pytest.raises(VerificationError, match="written in place"):
+        verify(gm)

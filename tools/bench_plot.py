@@ -8,6 +8,7 @@ failed configurations get an empty slot with the word "failed", so a missing bar
 from __future__ import annotations
 
 import math
+import textwrap
 
 
 def plot_speedups(results, path: str, title: str = "") -> None:
@@ -37,7 +38,7 @@ def plot_speedups(results, path: str, title: str = "") -> None:
             ax.text(max(speed, 0.02), bar.get_y() + bar.get_height() / 2, "  " + text, va="center", fontsize=7)
         ax.set_xlim(0, max(speeds + [1.0]) * 1.9)
     if title:
-        fig.suptitle(title, fontsize=7)
+        fig.suptitle(textwrap.fill(title, 140), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
