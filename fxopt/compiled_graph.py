@@ -117,8 +117,8 @@ def compile_graph(captured: CapturedModel, pipeline: Sequence[tuple[GraphPass, A
     passes_seconds = time.perf_counter() - start
 
     if options.verbose:
-        print(f"[fxopt] lowering{f' {name}' if name else ''} with {options.backend} (Inductor: the longest step, about a "
-              "minute for SmolLM2 the first time, seconds once its cache is warm) …", file=sys.stderr, flush=True)
+        print(f"[fxopt] lowering{f' {name}' if name else ''} with {options.backend} (Inductor: the longest step, about "
+              "40 s for SmolLM2; its cache saves only the C++ builds, see BENCHMARKS.md) …", file=sys.stderr, flush=True)
     started = time.perf_counter()
     lowered = lower(gm, captured.fake_inputs(), options.backend)
     if options.verbose:

@@ -5,6 +5,7 @@
     fxopt optimize minilm --quantize auto   ... with int8/bf16 linears planned to hold an accuracy budget
     fxopt bench                    eager vs torch.compile vs fxopt on the real models
     fxopt bench --generate         generation: time to first token, decode tokens/s (SmolLM2)
+    fxopt bench --warm-start       a second compile in a new process with warm caches, against the first
     fxopt generate smollm2 "What is the capital of France?"   stream an answer, then tokens/s
     fxopt chat smollm2             talk to it (one compilation, then a prompt per line)
     fxopt dump minilm --format table   the graph, per node, after the pipeline (see fxopt dump -h)
@@ -66,8 +67,8 @@ def _load_causal_lm(name: str):
         print(f"fxopt: error: {name!r} is not a bundled causal LM; the bundled one is smollm2", file=sys.stderr)
         raise SystemExit(2)
     real = load(name)
-    print(f"[fxopt] compiling {name}'s forward, prefill and decode graphs (about a minute each the first time; "
-          "Inductor's cache makes it faster after)…", file=sys.stderr, flush=True)
+    print(f"[fxopt] compiling {name}'s forward, prefill and decode graphs (about a minute each)…", file=sys.stderr,
+          flush=True)
     compiled = fxopt.compile(real.model, real.inputs(1, 32), max_cache_len=CHAT_CACHE_LEN)
     compiled.prepare_generation()
     return real, compiled
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     lst.set_defaults(run=_passes)
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and "--warm-start" in argv:
+        from fxopt.tools.bench_warm_start import main as warm_start_main
+        return warm_start_main([a for a in argv[1:] if a != "--warm-start"])
     if argv[:1] == ["bench"] and "--generate" in argv:
         from fxopt.tools.bench_generate import main as bench_generate_main
         return bench_generate_main([a for a in argv[1:] if a != "--generate"])
