@@ -84,17 +84,29 @@ def load_source(spec: str) -> ModelSource:
 # module:factory
 
 
-def _load_factory(spec: str) -> ModelSource:
-    module_name, _, attr = spec.partition(":")
+def is_factory_spec(spec: str) -> bool:
+    return ":" in spec and not spec.startswith((".", "/")) and not Path(spec).exists()
+
+
+def import_factory_module(spec: str):
+    """Import the module of a ``module:factory`` MODEL (the current directory first on the path, as ``python``
+    would find a ``my_model.py`` there). Commands call it before they read ``--passes``: importing the module
+    may register the passes the spec names."""
+    module_name = spec.partition(":")[0]
     if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # a my_model.py next to the user works, as `python -c` would find it
+        sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as e:
         raise ModelSourceError(f"{spec}: cannot import module {module_name!r} ({e})") from None
+
+
+def _load_factory(spec: str) -> ModelSource:
+    module = import_factory_module(spec)
+    attr = spec.partition(":")[2]
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ModelSourceError(f"{spec}: module {module_name!r} has no function {attr!r}")
+        raise ModelSourceError(f"{spec}: module {module.__name__!r} has no function {attr!r}")
     takes_shape = {"batch", "seq"} <= set(inspect.signature(factory).parameters)
 
     def call(batch=None, seq=None):

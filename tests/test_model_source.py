@@ -142,3 +142,11 @@ def test_bench_ab_of_a_registered_pass_on_a_factory_with_json_and_plot(factory_d
     assert all(r["speedup"] > 0 and not r["failed"] for r in rows), rows
     assert "fuse-my-silu=1" in rows[1]["extra"]  # the per-pass table of the custom pipeline: it fired
     assert (factory_dir / "out.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dump_shows_a_pass_the_factory_module_registers(factory_dir):
+    proc = subprocess.run([sys.executable, "-m", "fxopt.tools.cli", "dump", "my_models:tiny", "--quiet",
+                           "--passes", "eliminate-dead-nodes,canonicalize,fuse-my-silu"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "aten.silu" in proc.stdout and "sigmoid" not in proc.stdout

@@ -452,9 +452,6 @@ def positive_int(text: str) -> int:
 
 def _check_arguments(models_: list[str], configs: list[str], args) -> str | None:
     """What is wrong with the arguments, checked before any model loads (None when nothing is)."""
-    import importlib
-    from pathlib import Path
-
     from fxopt.machine import writable_output
     from fxopt.model_source import spec_problem
 
@@ -477,16 +474,11 @@ def _check_arguments(models_: list[str], configs: list[str], args) -> str | None
             return "--plot needs matplotlib: pip install 'fxopt[plot]'"
     if args.passes:
         from fxopt.errors import FxoptError
+        from fxopt.model_source import import_factory_module, is_factory_spec
         from fxopt.pipeline import build_pipeline
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())  # as fxopt.model_source does for module:factory
-        for m in models_:  # a factory's module may register the passes the spec names
-            if ":" in m and not Path(m).exists():
-                try:
-                    importlib.import_module(m.partition(":")[0])
-                except ImportError:
-                    pass  # the worker says so in the row
         try:
+            for m in filter(is_factory_spec, models_):  # a factory's module may register the passes the spec names
+                import_factory_module(m)
             build_pipeline(args.passes)
         except FxoptError as e:
             return f"--passes: {e}"

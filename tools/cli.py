@@ -28,6 +28,9 @@ def _optimize(args) -> int:
     import fxopt
 
     if args.passes:
+        from fxopt.model_source import import_factory_module, is_factory_spec
+        if is_factory_spec(args.model):
+            import_factory_module(args.model)  # it may register the passes the spec names
         fxopt.build_pipeline(args.passes)  # a bad spec is one line before any model loads
     holder = {}
 

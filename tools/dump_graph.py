@@ -268,6 +268,9 @@ def run(args) -> str:
     if args.format in PICTURES and args.each_pass:
         raise DumpError(f"--each-pass makes one view per pass; --format {args.format} draws one graph "
                         "(use --after PASS)")
+    from fxopt.model_source import import_factory_module, is_factory_spec
+    if is_factory_spec(args.model):
+        import_factory_module(args.model)  # it may register the passes --passes names
     pipeline = build_pipeline(args.passes)
     names = [p.name for p, _ in pipeline]
     if args.after and args.after not in names and args.after != "capture":
