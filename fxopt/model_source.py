@@ -11,7 +11,7 @@ A MODEL is one of
 * ``module:factory``: a function ``factory()`` in an importable module (a ``.py`` file in the current
   directory works) that returns ``(model, example_inputs)``, the inputs a dict of keyword arguments or a
   tuple of positional ones. If ``factory`` takes ``batch`` and ``seq`` keyword arguments, ``--batch``/``--seq``
-  are passed to it. Importing the module may also register passes (:func:`fxopt.register_pass`), which then
+  are passed to it (it is called again for inputs of another size; only its inputs are kept then). Importing the module may also register passes (:func:`fxopt.register_pass`), which then
   work in ``--passes`` specs.
 
 Anything else, a checkpoint that cannot be read, or a factory that returns something else → one
@@ -59,7 +59,7 @@ def spec_problem(spec: str) -> str | None:
     """What is wrong with a MODEL argument that can be told without loading anything (None if nothing)."""
     from fxopt import models
 
-    if spec in models.MODEL_NAMES or Path(spec).exists() or (":" in spec and not spec.startswith((".", "/"))):
+    if spec in models.MODEL_NAMES or Path(spec).exists() or is_factory_spec(spec):
         return None
     return (f"unknown model {spec!r}: give {' or '.join(models.MODEL_NAMES)}, a Hugging Face checkpoint directory "
             "(config.json + weights), a config.json, or module:factory")
@@ -75,7 +75,7 @@ def load_source(spec: str) -> ModelSource:
     path = Path(spec)
     if path.exists():
         return _load_checkpoint(path)
-    if ":" in spec and not spec.startswith((".", "/")):
+    if is_factory_spec(spec):
         return _load_factory(spec)
     raise ModelSourceError(spec_problem(spec))
 
@@ -85,6 +85,7 @@ def load_source(spec: str) -> ModelSource:
 
 
 def is_factory_spec(spec: str) -> bool:
+    """``module:factory`` (not a path that happens to hold a colon)."""
     return ":" in spec and not spec.startswith((".", "/")) and not Path(spec).exists()
 
 
