@@ -9,35 +9,60 @@ Hugging Face ``ModelOutput``; ``return_dict=False`` gives the tuple).
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
 
 from fxopt.errors import InputError
-from fxopt.ir.capture import CapturedModel, bind_call
+from fxopt.ir.capture import CapturedModel, DimRange, InputSlot, bind_call
 
 _MISSING = object()
+
+
+@dataclass
+class CallSignature:
+    """What the call contract needs to know of a capture: the original ``forward``'s signature, the input and
+    output structure, every input slot with its dims, and the rows of each embedding table an input indexes.
+    A saved artifact stores it (:mod:`fxopt.artifact_manifest`), so a loaded model checks calls like a compiled one."""
+
+    signature: inspect.Signature
+    in_spec: pytree.TreeSpec
+    out_spec: pytree.TreeSpec
+    slots: list[InputSlot]
+    dims: dict[str, DimRange]
+    index_bounds: dict[int, int]
+
+    @classmethod
+    def of(cls, captured: CapturedModel) -> "CallSignature":
+        return cls(captured.signature, captured.in_spec, captured.out_spec, list(captured.slots), dict(captured.dims),
+                   index_bounds(captured.graph_module))
+
+    @property
+    def tensor_slots(self) -> list[InputSlot]:
+        return [s for s in self.slots if s.is_tensor]
 
 
 class CallContract:
     """Binding, input checks and output rebuilding for one captured signature."""
 
-    def __init__(self, captured: CapturedModel):
-        self.captured = captured
-        self.top_keys = list(pytree.tree_unflatten([None] * captured.in_spec.num_leaves, captured.in_spec)[1].keys())
+    def __init__(self, call: CapturedModel | CallSignature):
+        call = call if isinstance(call, CallSignature) else CallSignature.of(call)
+        self.call = call
+        self.top_keys = list(pytree.tree_unflatten([None] * call.in_spec.num_leaves, call.in_spec)[1].keys())
         self.returns_model_output = hasattr(
-            pytree.tree_unflatten([None] * captured.out_spec.num_leaves, captured.out_spec), "to_tuple")
-        self.constants = {s.path: s.value for s in captured.slots if not s.is_tensor and "." not in s.path}
-        self.index_bounds = index_bounds(captured.graph_module)
+            pytree.tree_unflatten([None] * call.out_spec.num_leaves, call.out_spec), "to_tuple")
+        self.constants = {s.path: s.value for s in call.slots if not s.is_tensor and "." not in s.path}
+        self.index_bounds = call.index_bounds
 
     def describe_inputs(self) -> str:
-        return ", ".join(s.describe() for s in self.captured.slots)
+        return ", ".join(s.describe() for s in self.call.slots)
 
     # -- inputs -------------------------------------------------------------------------------------
     def flat_inputs(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
         """Bind and check one call; returns the tensors in placeholder order."""
-        captured = self.captured
+        captured = self.call
         try:
             named = bind_call(captured.signature, args, kwargs)
         except TypeError as e:
@@ -72,7 +97,7 @@ class CallContract:
     def check_leaves(self, leaves) -> list[torch.Tensor]:
         sizes: dict[str, tuple[int, str]] = {}
         tensors = []
-        for slot, value in zip(self.captured.slots, leaves):
+        for slot, value in zip(self.call.slots, leaves):
             if not slot.is_tensor:
                 if not _same_constant(value, slot.value):
                     raise InputError(f"argument {slot.path}={short_repr(value)} differs from the value it was compiled "
@@ -94,7 +119,7 @@ class CallContract:
                         raise InputError(f"input {slot.path!r} has size {got} at dim {axis}, compiled for the "
                                          f"static size {want} ({slot.describe()})")
                     continue
-                rng = self.captured.dims.get(want)
+                rng = self.call.dims.get(want)
                 if rng is not None and not rng.min <= got <= rng.max:
                     raise InputError(f"input {slot.path!r} dim {axis} ({want}) is {got}, outside the compiled range "
                                      f"[{rng.min}, {rng.max}]; recompile with dims={{{want!r}: (lo, hi)}} covering it")
@@ -107,7 +132,7 @@ class CallContract:
             low, high = (int(ids.min()), int(ids.max())) if ids.numel() else (0, 0)
             if low < 0 or high >= rows:
                 bad = high if high >= rows else low
-                raise InputError(f"input {self.captured.tensor_slots[i].path!r} holds index {bad}, outside the "
+                raise InputError(f"input {self.call.tensor_slots[i].path!r} holds index {bad}, outside the "
                                  f"table it selects rows of ({rows} rows: valid ids are 0..{rows - 1})")
         return tensors
 
@@ -117,7 +142,7 @@ class CallContract:
         return kwargs.pop("return_dict", None) if self.returns_model_output else None
 
     def rebuild(self, outputs: Sequence[torch.Tensor], return_dict=None):
-        result = pytree.tree_unflatten(list(outputs), self.captured.out_spec)
+        result = pytree.tree_unflatten(list(outputs), self.call.out_spec)
         return result.to_tuple() if return_dict is False else result
 
 

@@ -57,6 +57,8 @@ class CompiledGraph:
     lowered: Lowered
     report: CompileReport
     portable_graph: torch.fx.Graph | None = None  # after the portable stage: machine-independent
+    #: The passes that ran, portable stage first, with their options: what a saved artifact re-runs.
+    pipeline: list[tuple[GraphPass, Any]] | None = None
 
     def __call__(self, *flat: torch.Tensor):
         return self.lowered.run(*flat)
@@ -150,4 +152,4 @@ def compile_graph(captured: CapturedModel, pipeline: Sequence[tuple[GraphPass, A
     )
     if options.verbose:
         print(report, file=sys.stderr)
-    return CompiledGraph(captured, gm, lowered, report, keep.graph)
+    return CompiledGraph(captured, gm, lowered, report, keep.graph, ordered)

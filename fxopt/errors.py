@@ -44,3 +44,7 @@ class CalibrationError(FxoptError, ValueError):
 
 class ModelSourceError(FxoptError, ValueError):
     """A MODEL argument that names nothing loadable (:mod:`fxopt.model_source`): the file or function and the fix."""
+
+
+class ArtifactError(FxoptError):
+    """A saved artifact that cannot be written or loaded here (:mod:`fxopt.artifact`): what is wrong and the fix."""

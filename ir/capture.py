@@ -231,6 +231,21 @@ def capture(
     )
 
 
+def fresh_graph_module(captured: CapturedModel) -> torch.fx.GraphModule:
+    """The captured graph again, as :func:`capture` first returned it (passes mutate ``captured.graph_module`` in
+    place): rebuilt from ``captured.exported``, sharing the model's weights. Saving an artifact re-runs the
+    portable passes on it (:mod:`fxopt.aot_package`)."""
+    if captured.exported is None:
+        raise CaptureError("this capture kept no ExportedProgram; capture the model again")
+    gm = _flat_graph_module(captured.exported)
+    _drop_constant_placeholders(gm)
+    _drop_unused(gm)
+    for key in ("fxopt.symbols", "fxopt.example_dims", "fxopt.outputs"):
+        if key in captured.graph_module.meta:
+            gm.meta[key] = captured.graph_module.meta[key]
+    return gm
+
+
 # --------------------------------------------------------------------------------------------------
 # helpers of capture()
 

@@ -32,6 +32,14 @@ def minilm_compiled(minilm):
     return fxopt.compile(minilm.model, minilm.inputs(8, 128))
 
 
+@pytest.fixture(scope="session")
+def minilm_artifact(minilm, minilm_compiled, tmp_path_factory):
+    """``minilm_compiled`` saved with its tokenizer (fxopt.save): an artifact folder."""
+    import fxopt
+    path = tmp_path_factory.mktemp("artifacts") / "minilm.fxopt"
+    return fxopt.save(minilm_compiled, path, tokenizer=minilm.tokenizer, verbose=False)
+
+
 class MLP(torch.nn.Module):
     """Three linears (up with a bias, down without, head with) around an activation: the small model the
     linear-rewriting passes (quantization, bf16) are tested on."""

@@ -30,6 +30,10 @@ def test_passes_lists_the_default_pipeline():
     (("frobnicate",), "invalid choice: 'frobnicate'"),
     (("generate", "smollm2", "hi", "--max-new-tokens", "0"), "--max-new-tokens must be at least 1"),
     (("bench", "--generate", "--configs", "vllm"), "unknown configuration ['vllm']"),
+    (("optimize", "minilm", "--save", "/nonexistent/dir/m.fxopt"), "--save: the folder /nonexistent/dir does not"),
+    (("optimize", "minilm", "--save", "README.md"), "--save: README.md exists and is not an fxopt artifact"),
+    (("bench", "--artifact", "--models", "gpt5"), "unknown model(s) ['gpt5']"),
+    (("embed", "x.fxopt", "docs.txt", "--out", "e.csv"), "--out must end in .npy or .parquet"),
 ])
 def test_bad_arguments(args, message):
     proc = fxopt_cli(*args)

@@ -3,10 +3,15 @@
     fxopt optimize minilm          compile a bundled model, print a before/after table
     fxopt optimize ./my-checkpoint --batch 4 --seq 64   ... any local Hugging Face checkpoint, or module:factory
     fxopt optimize minilm --quantize auto   ... with int8/bf16 linears planned to hold an accuracy budget
+    fxopt optimize minilm --save minilm.fxopt   ... and save it: fxopt.load() runs it without recompiling
+    fxopt embed minilm.fxopt docs.txt --out docs.npy [--ray]   sentence embeddings of a file, here or on Ray
     fxopt bench                    eager vs torch.compile vs fxopt on the real models
     fxopt bench --generate         generation: time to first token, decode tokens/s (SmolLM2)
     fxopt bench --warm-start       a second compile in a new process with warm caches, against the first
+    fxopt bench --artifact         save, then load in a new process, against compiling (fxopt.save / fxopt.load)
+    fxopt bench --embed            fxopt embed in one process and on a local Ray (1 × all threads, n × 1 thread)
     fxopt generate smollm2 "What is the capital of France?"   stream an answer, then tokens/s
+    fxopt generate smollm2.fxopt "What is the capital of France?"   ... from a saved artifact, without compiling
     fxopt chat smollm2             talk to it (one compilation, then a prompt per line)
     fxopt dump minilm --format table   the graph, per node, after the pipeline (see fxopt dump -h)
     fxopt passes                   list the passes fxopt knows (its own and installed plugins)
@@ -55,7 +60,23 @@ def _optimize(args) -> int:
     print(f"\n{report.pipeline.table()}")
     if report.precision is not None:
         print(f"\n{report.precision}")
+    if args.save:
+        _save(holder["compiled"], args)
     return 0
+
+
+def _save(compiled, args) -> None:
+    import time
+
+    import fxopt
+    from fxopt.model_source import is_factory_spec, load_source
+
+    # bundled models come from a per-process cache; a checkpoint's tokenizer files are read again
+    tokenizer = None if is_factory_spec(args.model) else load_source(args.model).tokenizer
+    start = time.perf_counter()
+    path = fxopt.save(compiled, args.save, tokenizer=tokenizer)
+    print(f"\nsaved {path} in {time.perf_counter() - start:.0f} s (compile: {compiled.report.lowering_seconds:.0f} s "
+          f"lowering); load it with fxopt.load({str(path)!r})")
 
 
 #: Cache slots of ``fxopt generate``/``chat``: the prompt plus the answer must fit.
@@ -63,11 +84,25 @@ CHAT_CACHE_LEN = 1024
 
 
 def _load_causal_lm(name: str):
+    from pathlib import Path
+
     from fxopt.models import load
     import fxopt
 
+    if (Path(name) / "manifest.json").is_file():  # a saved artifact: no compilation
+        from types import SimpleNamespace
+
+        loaded = fxopt.load(name)
+        if loaded.tokenizer is None or not loaded.manifest.get("generation"):
+            print(f"fxopt: error: the artifact {name} needs its tokenizer and generation graphs; save it with "
+                  "fxopt optimize smollm2 --save PATH", file=sys.stderr)
+            raise SystemExit(2)
+        loaded.prepare_generation()
+        print(f"[fxopt] loaded {name} in {loaded.load_seconds:.1f} s", file=sys.stderr, flush=True)
+        return SimpleNamespace(tokenizer=loaded.tokenizer), loaded
     if name != "smollm2":
-        print(f"fxopt: error: {name!r} is not a bundled causal LM; the bundled one is smollm2", file=sys.stderr)
+        print(f"fxopt: error: {name!r} is not a bundled causal LM or a saved artifact; the bundled one is smollm2",
+              file=sys.stderr)
         raise SystemExit(2)
     real = load(name)
     print(f"[fxopt] compiling {name}'s forward, prefill and decode graphs (about a minute each)…", file=sys.stderr,
@@ -111,7 +146,7 @@ def _chat(args) -> int:
 
 
 def _add_generation_options(p) -> None:
-    p.add_argument("model", help="smollm2")
+    p.add_argument("model", help="smollm2, or an artifact saved from it (fxopt optimize smollm2 --save PATH)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="default 128")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=0.7, help="with --sample (default 0.7)")
@@ -158,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     opt.add_argument("--accuracy-budget", type=float, default=None, metavar="BOUND",
                      help="with --quantize: MiniLM's min pooled cosine (default 0.995) or SmolLM2's relative "
                           "perplexity increase (default 0.02)")
+    opt.add_argument("--save", default=None, metavar="PATH",
+                     help="save the compiled model as an artifact folder (fxopt.load(PATH) runs it without "
+                          "recompiling; see README 'Saved artifacts')")
     opt.set_defaults(run=_optimize)
 
     bench = sub.add_parser("bench", help="eager vs torch.compile vs fxopt, side by side", add_help=False)
@@ -166,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     dump = sub.add_parser("dump", help="show a graph before/during/after the pipeline (fxopt dump -h)",
                           add_help=False)
     dump.set_defaults(run=None)
+
+    embed = sub.add_parser("embed", help="embeddings of a text file from a saved artifact, here or on Ray "
+                                         "(fxopt embed -h)", add_help=False)
+    embed.set_defaults(run=None)
 
     gen = sub.add_parser("generate", help="stream a causal LM's answer to a prompt, then tokens/s")
     _add_generation_options(gen)
@@ -187,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"] and "--warm-start" in argv:
         from fxopt.tools.bench_warm_start import main as warm_start_main
         return warm_start_main([a for a in argv[1:] if a != "--warm-start"])
+    if argv[:1] == ["bench"] and "--artifact" in argv:
+        from fxopt.tools.bench_artifact import main as artifact_main
+        return artifact_main([a for a in argv[1:] if a != "--artifact"])
+    if argv[:1] == ["bench"] and "--embed" in argv:
+        from fxopt.tools.bench_embed import main as embed_bench_main
+        return embed_bench_main([a for a in argv[1:] if a != "--embed"])
     if argv[:1] == ["bench"] and "--generate" in argv:
         from fxopt.tools.bench_generate import main as bench_generate_main
         return bench_generate_main([a for a in argv[1:] if a != "--generate"])
@@ -196,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["dump"]:
         from fxopt.tools.dump_graph import main as dump_main
         return dump_main(argv[1:])
+    if argv[:1] == ["embed"]:
+        from fxopt.tools.embed import main as embed_main
+        return embed_main(argv[1:])
     args = parser.parse_args(argv)
     if getattr(args, "reps", 1) < 1:
         parser.error("--reps must be at least 1")
@@ -207,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         from fxopt.model_source import spec_problem
         if spec_problem(args.model):
             parser.error(spec_problem(args.model))
+        if args.save:
+            from fxopt.artifact import target_problem
+            if target_problem(args.save):
+                parser.error(f"--save: {target_problem(args.save)}")
     try:
         return args.run(args)
     except Exception as e:  # noqa: BLE001 - fxopt's own errors print as one line
