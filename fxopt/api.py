@@ -24,7 +24,9 @@ from fxopt.ir.capture import CapturedModel, capture
 from fxopt.memory import trim_heap
 from fxopt.pass_manager import Instrument
 from fxopt.pipeline import build_pipeline
+from fxopt import compression
 from fxopt import quantize as quantization
+from fxopt.layer_recovery import CALIBRATION_KEY
 
 
 def compile(
@@ -52,6 +54,7 @@ def compile(
     quantize: str | None = None,
     calibration: Sequence[Any] | None = None,
     accuracy_budget: float | Mapping[str, float] | None = None,
+    compress: Mapping[str, float] | None = None,
 ) -> CompiledModule:
     """Compile ``model`` for inference and return a module with the same call signature and outputs.
 
@@ -74,11 +77,15 @@ def compile(
     batches like ``example_inputs``; default: the example inputs) on which the planner measures sensitivity
     and checks ``accuracy_budget``: a number for the model's default metric (encoders: min pooled cosine,
     default 0.995; causal LMs: relative perplexity increase, default 0.02) or ``{"metric": bound}``.
+    ``compress`` prunes and factorizes the linears (:mod:`fxopt.compression`): ``{"prune_mlp": 0.3}`` removes 30% of
+    every MLP block's hidden channels, ``{"low_rank": 0.9}`` factorizes linears where a rank holding 90% of the
+    spectrum is measured faster; both refit on ``calibration`` (default: the example inputs).
     """
     args, kwargs = _split_example(example_inputs, example_kwargs)
     pipeline = build_pipeline(passes, opt_level=opt_level, disable=disable)  # a bad spec fails before capture
     decode_pipeline(pipeline, decode_precision)  # ... and so does an unknown decode precision
-    quantization.check_request(quantize, accuracy_budget, calibration)  # ... and a bad quantization request
+    quantization.check_request(quantize, accuracy_budget, calibration, compress=bool(compress))  # ... a bad request
+    compression.check_request(compress)
     options = CompileOptions(backend=backend, check_numerics=check_numerics, numeric_rtol=numeric_rtol,
                              on_numeric_failure=on_numeric_failure, verify=verify, print_after=print_after,
                              instruments=tuple(instruments), verbose=verbose)
@@ -89,9 +96,13 @@ def compile(
     if verbose:
         print(f"[fxopt] running {len(pipeline)} passes (one line each) …", file=sys.stderr, flush=True)
     graph_pipeline = pipeline
-    if quantize is not None:
+    if quantize is not None or compress:
         batches = quantization.bind_calibration(captured, calibration)
-        graph_pipeline = quantization.precision_pipeline(pipeline, quantize, accuracy_budget, batches, captured)
+    if compress:
+        captured.graph_module.meta[CALIBRATION_KEY] = batches
+        graph_pipeline = compression.compression_pipeline(graph_pipeline, compress)
+    if quantize is not None:
+        graph_pipeline = quantization.precision_pipeline(graph_pipeline, quantize, accuracy_budget, batches, captured)
     pool = ConstantPool()
     graph = compile_graph(captured, graph_pipeline, options, pool=pool)
     if quantize is not None:

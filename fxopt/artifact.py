@@ -209,6 +209,12 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     missing = [k for k in ("machine", "call", "packages", "model") if k not in manifest]
     if missing or "forward" not in manifest.get("packages", {}):
         raise ArtifactError(f"{file} lacks {', '.join(missing) or 'the forward package'}: corrupt; recompile it")
+    machine, packages, tokenizer = manifest["machine"], manifest["packages"], manifest.get("tokenizer") or []
+    well_formed = (isinstance(machine, dict) and isinstance(machine.get("isa", []), list)
+                   and isinstance(packages, dict) and all(isinstance(v, dict) for v in packages.values())
+                   and isinstance(tokenizer, list) and all(isinstance(v, dict) for v in tokenizer))
+    if not well_formed:
+        raise ArtifactError(f"{file}: its machine, packages or tokenizer entries are malformed: corrupt; recompile it")
     return manifest
 
 

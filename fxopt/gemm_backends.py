@@ -43,7 +43,7 @@ IMPLAUSIBLE_RATIO = 4.0
 ATTEMPTS = 3
 
 
-def _interleaved_ms(fns: dict, reps: int) -> dict[str, float]:
+def interleaved_ms(fns: dict, reps: int) -> dict[str, float]:
     """Median milliseconds of each function, timed in turns (a slow spell hits them alike), after a warm-up."""
     for fn in fns.values():
         for _ in range(3):
@@ -70,7 +70,7 @@ def measure(rows: int, k: int, n: int, bias: bool, reps: int = 15) -> dict[str, 
     best: dict[str, float] = {}
     with torch.no_grad():
         for _ in range(ATTEMPTS):
-            for name, ms in _interleaved_ms(fns, reps).items():
+            for name, ms in interleaved_ms(fns, reps).items():
                 best[name] = min(ms, best.get(name, float("inf")))
             if max(best.values()) <= IMPLAUSIBLE_RATIO * min(best.values()):
                 break

@@ -64,6 +64,16 @@ def evaluation_sentences(n: int = 64, min_words: int = 6) -> list[str]:
     return out
 
 
+def calibration_sentences(n: int = 256, min_words: int = 6) -> list[str]:
+    """``n`` English sentences for calibration, never for evaluation: Python's reference documentation as it ships
+    with the interpreter (``pydoc_data.topics``), a different text from :func:`evaluation_text`."""
+    from pydoc_data.topics import topics
+
+    text = " ".join(" ".join(topics.values()).split())
+    out = [s for s in re.split(r"(?<=[.])\s+", text) if min_words <= len(s.split()) <= 60 and ">>>" not in s]
+    return out[:n]
+
+
 def pooled(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over the sequence axis of ``hidden`` (batch, seq, dim), padding excluded."""
     hidden = hidden.float()

@@ -25,19 +25,25 @@ from fxopt.registry import get_pass
 Pipeline = list[tuple[GraphPass, Any]]
 
 
-def check_request(quantize: str | None, accuracy_budget: Any, calibration: Any) -> None:
+def check_request(quantize: str | None, accuracy_budget: Any, calibration: Any, *, compress: bool = False) -> None:
     if quantize is None:
-        if accuracy_budget is not None or calibration is not None:
-            raise FxoptError("accuracy_budget and calibration apply to a quantized compile; pass quantize="
-                             f"one of {', '.join(MODES)}")
+        if accuracy_budget is not None or (calibration is not None and not compress):
+            raise FxoptError("accuracy_budget and calibration apply to a quantized compile (calibration also to "
+                             f"compress=); pass quantize= one of {', '.join(MODES)}")
+        if calibration is not None:
+            _check_calibration(calibration)
         return
     if quantize not in MODES:
         raise FxoptError(f"unknown quantize mode {quantize!r}; choose one of {', '.join(MODES)}")
     if isinstance(accuracy_budget, dict):
         for name in accuracy_budget:
             metrics.check_metric(name)
-    if calibration is not None and (not isinstance(calibration, Sequence) or isinstance(calibration, (str, dict))
-                                    or len(calibration) == 0):
+    if calibration is not None:
+        _check_calibration(calibration)
+
+
+def _check_calibration(calibration: Any) -> None:
+    if not isinstance(calibration, Sequence) or isinstance(calibration, (str, dict)) or len(calibration) == 0:
         raise CalibrationError("calibration must be a non-empty list of example inputs (each a dict of tensors, "
                                f"a tuple or a tensor, like example_inputs); got {short_repr(calibration)}")
 

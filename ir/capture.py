@@ -240,7 +240,7 @@ def fresh_graph_module(captured: CapturedModel) -> torch.fx.GraphModule:
     gm = _flat_graph_module(captured.exported)
     _drop_constant_placeholders(gm)
     _drop_unused(gm)
-    for key in ("fxopt.symbols", "fxopt.example_dims", "fxopt.outputs"):
+    for key in ("fxopt.symbols", "fxopt.example_dims", "fxopt.outputs", "fxopt.calibration"):
         if key in captured.graph_module.meta:
             gm.meta[key] = captured.graph_module.meta[key]
     return gm

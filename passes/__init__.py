@@ -13,6 +13,8 @@ from fxopt.passes.fuse_attention import fuse_attention
 from fxopt.passes.fuse_layer_norm import fuse_layer_norm
 from fxopt.passes.fuse_rms_norm import fuse_rms_norm
 from fxopt.passes.fuse_sibling_linears import fuse_sibling_linears
+from fxopt.passes.prune_mlp_channels import prune_mlp_channels
+from fxopt.passes.factorize_low_rank import factorize_low_rank
 from fxopt.passes.quantize_dynamic_int8 import quantize_dynamic_int8
 from fxopt.passes.smooth_activations import smooth_activations
 from fxopt.passes.quantize_weights_int4 import quantize_weights_int4
@@ -28,6 +30,8 @@ BUILTIN_PASSES = (
     fuse_layer_norm,
     fuse_rms_norm,
     fuse_attention,
+    prune_mlp_channels,
+    factorize_low_rank,
     fuse_sibling_linears,
     smooth_activations,
     quantize_dynamic_int8,
@@ -39,5 +43,5 @@ BUILTIN_PASSES = (
 
 __all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "canonicalize", "eliminate_common_subexpressions",
            "fold_constants", "fold_position_tables", "fuse_layer_norm", "fuse_rms_norm", "fuse_attention",
-           "fuse_sibling_linears", "smooth_activations", "quantize_dynamic_int8", "cast_linears_bf16",
+           "prune_mlp_channels", "factorize_low_rank", "fuse_sibling_linears", "smooth_activations", "quantize_dynamic_int8", "cast_linears_bf16",
            "quantize_weights_int8", "quantize_weights_int4", "select_gemm_backend"]

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import fxopt
+
 from fxopt import gemm_backends
 from fxopt.passes.select_gemm_backend import GemmOptions
 from fxopt.testing import _BLOCK_HEAD, FileCheckError, check_docstring, check_pass, graph_change
@@ -18,6 +20,7 @@ from test_fold_position_tables import SEQ, Rotary
 from test_fuse_layer_norm import SqrtLayerNorm
 from test_fuse_rms_norm import RMSNorm
 from test_fuse_sibling_linears import QKV
+from test_compression import GeluMLP, LowRankLinear
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 from fuse_gelu_tanh import gelu_tanh_pattern  # noqa: E402 - the examples folder is on the path now
@@ -86,6 +89,10 @@ EXAMPLES = {
     "cast-linears-bf16": ("fxopt.passes.cast_linears_bf16", _linear(), (torch.randn(4, 10, 64),), {"rtol": 2e-2}),
     "smooth-activations": ("fxopt.passes.smooth_activations", NormThenLinears(), (torch.randn(2, 7, 16),),
                            {"rtol": 1e-4}),
+    "prune-mlp-channels": ("fxopt.passes.prune_mlp_channels", GeluMLP(), (torch.randn(64, 16),),
+                           {"options": fxopt.passes.prune_mlp_channels.options(ratio=0.5), "rtol": 10.0}),
+    "factorize-low-rank": ("fxopt.passes.factorize_low_rank", LowRankLinear(), (torch.randn(4, 128, 256),),
+                           {"options": fxopt.passes.factorize_low_rank.options(measure=False), "rtol": 1e-3}),
     "cancel-transpose-pairs": ("cancel_transpose_pairs", lambda x: torch.relu(x.transpose(1, 2).transpose(1, 2)),
                                (torch.randn(2, 3, 4),), {}),
     "fuse-gelu-tanh": ("fuse_gelu_tanh", gelu_tanh_pattern, (torch.randn(4, 8),), {"rtol": 1e-4}),

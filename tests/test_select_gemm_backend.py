@@ -79,7 +79,7 @@ def test_cost_of_an_mkl_linear_counts_the_weight_not_the_packed_buffer():
 def test_a_busy_timing_is_measured_again_and_the_best_kept(monkeypatch):
     """A busy spell made oneDNN look 14× slower than MKL; the re-measurement gives the quiet order."""
     runs = iter([{"onednn": 23.7, "mkl": 1.7}, {"onednn": 1.2, "mkl": 1.6}])
-    monkeypatch.setattr(gemm_backends, "_interleaved_ms", lambda fns, reps: next(runs))
+    monkeypatch.setattr(gemm_backends, "interleaved_ms", lambda fns, reps: next(runs))
     assert gemm_backends.measure(8, 16, 32, bias=False) == {"onednn": 1.2, "mkl": 1.6}
 
 
@@ -90,6 +90,6 @@ def test_plausible_timings_are_measured_once(monkeypatch):
         calls.append(reps)
         return {"onednn": 1.0, "mkl": 1.5}
 
-    monkeypatch.setattr(gemm_backends, "_interleaved_ms", quiet)
+    monkeypatch.setattr(gemm_backends, "interleaved_ms", quiet)
     gemm_backends.measure(8, 16, 32, bias=True)
     assert len(calls) == 1

@@ -5,6 +5,7 @@
     fxopt optimize minilm --quantize auto   ... with int8/bf16 linears planned to hold an accuracy budget
     fxopt optimize minilm --save minilm.fxopt   ... and save it: fxopt.load() runs it without recompiling
     fxopt embed minilm.fxopt docs.txt --out docs.npy [--ray]   sentence embeddings of a file, here or on Ray
+    fxopt tradeoff minilm --plot t.png   speed vs accuracy: pruning, low rank, int8; Pareto front
     fxopt bench                    eager vs torch.compile vs fxopt on the real models
     fxopt bench --generate         generation: time to first token, decode tokens/s (SmolLM2)
     fxopt bench --warm-start       a second compile in a new process with warm caches, against the first
@@ -205,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                           add_help=False)
     dump.set_defaults(run=None)
 
+    tradeoff = sub.add_parser("tradeoff", help="speed vs accuracy over compression levels and precisions, with the "
+                                               "Pareto front (fxopt tradeoff -h)", add_help=False)
+    tradeoff.set_defaults(run=None)
+
     embed = sub.add_parser("embed", help="embeddings of a text file from a saved artifact, here or on Ray "
                                          "(fxopt embed -h)", add_help=False)
     embed.set_defaults(run=None)
@@ -244,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["dump"]:
         from fxopt.tools.dump_graph import main as dump_main
         return dump_main(argv[1:])
+    if argv[:1] == ["tradeoff"]:
+        from fxopt.tools.tradeoff import main as tradeoff_main
+        return tradeoff_main(argv[1:])
     if argv[:1] == ["embed"]:
         from fxopt.tools.embed import main as embed_main
         return embed_main(argv[1:])
