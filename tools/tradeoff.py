@@ -210,7 +210,9 @@ def plot(points: list[Point], front: list[Point], model: str, metric: str, bound
     ax.set_ylabel("speed vs eager fp32 (×)")
     ax.set_title(f"fxopt compression trade-off: {model} ({cpu_model()})", fontsize=9)
     if not higher:
-        ax.invert_xaxis()
+        ax.set_xscale("symlog", linthresh=1.0)  # +1% and +80,000% on one axis
+        values = [p.accuracy * 100 for p in points]
+        ax.set_xlim(max(max(values) * 2, 10), min(min(values), 0) - 0.5)  # better (lower) to the right
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
