@@ -40,6 +40,17 @@ def minilm_artifact(minilm, minilm_compiled, tmp_path_factory):
     return fxopt.save(minilm_compiled, path, tokenizer=minilm.tokenizer, verbose=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A 2-layer Llama with grouped-query attention from a small random config (eos 3, pad 0, bos 1)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         eos_token_id=3, pad_token_id=0, bos_token_id=1)
+    return LlamaForCausalLM(config).eval()
+
+
 class MLP(torch.nn.Module):
     """Three linears (up with a bias, down without, head with) around an activation: the small model the
     linear-rewriting passes (quantization, bf16) are tested on."""

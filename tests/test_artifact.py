@@ -167,16 +167,6 @@ def test_eight_threads_calling_at_once_get_the_right_answers(minilm, minilm_comp
 
 
 # -- a causal LM: forward and generate() from the artifact -------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         eos_token_id=3, pad_token_id=0, bos_token_id=1)
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.mark.slow
 def test_causal_lm_artifact_generates_like_eager(tiny_llama, tmp_path):
     compiled = fxopt.compile(tiny_llama, {"input_ids": torch.randint(4, 128, (1, 10))}, max_cache_len=48, max_batch=4)

@@ -9,13 +9,8 @@ from fxopt.decode_graphs import StaticCacheStep, cache_layout, step_inputs
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         eos_token_id=3, pad_token_id=0, bos_token_id=1)
-    return LlamaForCausalLM(config).eval()
+def tiny(tiny_llama):
+    return tiny_llama
 
 
 @pytest.fixture(scope="module")
