@@ -112,8 +112,7 @@ def test_damaged_artifacts_fail_with_a_clear_error(minilm_artifact, tmp_path, da
     path = _copy(minilm_artifact, tmp_path)
     damage(path)
     with pytest.raises(ArtifactError, match=message) as error:
-        fxopt.load(path)
-        fxopt.load(path).tokenizer  # the tokenizer files are checked at load, before this
+        fxopt.load(path)  # the tokenizer's files are checked here too, not when .tokenizer is first read
     assert "recompile" in str(error.value) or "copy the artifact again" in str(error.value)
 
 
