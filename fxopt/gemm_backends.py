@@ -6,8 +6,14 @@ Two backends take pre-packed (frozen) weights and accept any number of rows at r
   dynamic shapes; it can fuse an activation or residual add into the GEMM;
 * ``mkl``: ``mkl._mkl_linear`` — MKL's packed GEMM (what Inductor emits with static shapes).
 
+A third one is for linears of a few rows (a decode step: one token per sequence), whose time is reading the
+weight once: ``gemv`` (:mod:`fxopt.gemv`), which Inductor compiles into one loop that streams the plain weight at
+the machine's read bandwidth. It needs no packed copy, and loses to the libraries from about 8 rows on, so it is
+timed only up to :data:`GEMV_MAX_ROWS`. Weight-only int8 linears of few rows are timed the same way, ATen's
+``_weight_int8pack_mm`` against ``gemv`` on the int8 weight (:func:`measure_weight_int8`).
+
 Which is faster depends on the CPU and the shape (on an Intel Xeon here MKL wins on wide outputs such as
-an LM head, oneDNN on small square ones), so fxopt measures instead of guessing: the two backends in turns,
+an LM head, oneDNN on small square ones), so fxopt measures instead of guessing: the backends in turns,
 and again when they come out implausibly far apart (a busy machine). Timings are cached in
 ``$XDG_CACHE_HOME/fxopt/gemm-<machine>.json`` (the machine key: CPU model, ISA, thread count, torch version),
 one entry per (rows, in, out, bias); ``fxopt cache clear`` deletes them.
@@ -21,9 +27,17 @@ from pathlib import Path
 
 import torch
 
+from fxopt.gemv import gemv
 from fxopt.machine import cache_file
 
-BACKENDS = ("onednn", "mkl")
+BACKENDS = ("onednn", "mkl", "gemv")
+#: Linears with more rows than this are not offered ``gemv``: from 8 rows on it reads the weight ``rows`` times.
+GEMV_MAX_ROWS = 4
+#: Few-row linears are timed over copies of the weight this large in all, so that each call reads it from memory
+#: as in a model (a 1.3 MB weight timed alone sits in cache and flatters whichever backend reuses it best).
+STREAM_BYTES = 64 * 2**20
+#: ... but at most this many copies (a tiny weight would need thousands, and MKL pads each packed copy to MBs)
+MAX_COPIES = 64
 
 
 def available() -> bool:
@@ -57,16 +71,37 @@ def interleaved_ms(fns: dict, reps: int) -> dict[str, float]:
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
-def measure(rows: int, k: int, n: int, bias: bool, reps: int = 15) -> dict[str, float]:
-    """Median milliseconds of each backend for a (rows × k) @ (k × n) linear, the backends timed in turns.
-    When they come out more than :data:`IMPLAUSIBLE_RATIO` apart the shape is measured again (up to
-    :data:`ATTEMPTS` times) and each backend keeps its best median: load from elsewhere only ever adds time."""
-    x, w = torch.randn(rows, k), torch.randn(n, k)
-    b = torch.randn(n) if bias else None
-    onednn_w = torch.ops.mkldnn._reorder_linear_weight(w, rows)
-    mkl_w = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
-    fns = {"onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, onednn_w, b, "none", [], ""),
-           "mkl": lambda: torch.ops.mkl._mkl_linear(x, mkl_w, w, b, rows)}
+def expected_backends(rows: int) -> tuple[str, ...]:
+    """The backends a linear of ``rows`` rows is timed on."""
+    return BACKENDS if rows <= GEMV_MAX_ROWS else ("onednn", "mkl")
+
+
+def _rotating(fn_of_weight, weights):
+    """A function that calls ``fn_of_weight(w)`` on the next of ``weights`` each time."""
+    state = {"i": 0}
+
+    def call():
+        state["i"] = (state["i"] + 1) % len(weights)
+        return fn_of_weight(weights[state["i"]])
+    return call
+
+
+def _compiled_gemv(*args: torch.Tensor | None):
+    """:func:`gemv` compiled by Inductor for these inputs (as a graph, not through Dynamo and its caches);
+    called with the same arguments, None ones left out."""
+    from torch._inductor.compile_fx import compile_fx
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    names = ("x", "weight", "bias", "scales")
+    given = [(name, a) for name, a in zip(names, args) if a is not None]
+    with torch.no_grad():
+        gm = make_fx(lambda *ts: gemv(**dict(zip((n for n, _ in given), ts))))(*(a for _, a in given))
+        return compile_fx(gm, [a for _, a in given])
+
+
+def _best_of(fns: dict, reps: int) -> dict[str, float]:
+    """:func:`interleaved_ms`, again (up to :data:`ATTEMPTS` times) while the backends are implausibly far apart;
+    each keeps its best median: load from elsewhere only ever adds time."""
     best: dict[str, float] = {}
     with torch.no_grad():
         for _ in range(ATTEMPTS):
@@ -75,6 +110,48 @@ def measure(rows: int, k: int, n: int, bias: bool, reps: int = 15) -> dict[str, 
             if max(best.values()) <= IMPLAUSIBLE_RATIO * min(best.values()):
                 break
     return best
+
+
+def _copies(rows: int, weight_bytes: int) -> int:
+    """How many copies of a weight a timing cycles through: enough to stream from memory for few rows."""
+    return min(MAX_COPIES, max(1, STREAM_BYTES // weight_bytes)) if rows <= GEMV_MAX_ROWS else 1
+
+
+def measure(rows: int, k: int, n: int, bias: bool, reps: int = 15) -> dict[str, float]:
+    """Median milliseconds of each backend for a (rows × k) @ (k × n) linear, the backends timed in turns.
+    When they come out more than :data:`IMPLAUSIBLE_RATIO` apart the shape is measured again (up to
+    :data:`ATTEMPTS` times) and each backend keeps its best median: load from elsewhere only ever adds time.
+    Up to :data:`GEMV_MAX_ROWS` rows, ``gemv`` is timed too, and every backend reads its weight from memory
+    (copies of :data:`STREAM_BYTES` in all, one after the other), as a decode step does."""
+    x = torch.randn(rows, k)
+    b = torch.randn(n) if bias else None
+    ws = [torch.randn(n, k) for _ in range(_copies(rows, n * k * 4))]
+    onednn_ws = [torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in ws]
+    mkl_ws = [(torch.ops.mkl._mkl_reorder_linear_weight(w, rows), w) for w in ws]
+    fns = {"onednn": _rotating(lambda w: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""), onednn_ws),
+           "mkl": _rotating(lambda w: torch.ops.mkl._mkl_linear(x, w[0], w[1], b, rows), mkl_ws)}
+    if rows <= GEMV_MAX_ROWS:
+        compiled = _compiled_gemv(x, ws[0], b)
+        fns["gemv"] = _rotating(lambda w: compiled(x, w, *([b] if bias else [])), ws)
+    return _best_of(fns, reps)
+
+
+def measure_weight_int8(rows: int, k: int, n: int, activations: torch.dtype = torch.bfloat16,
+                        reps: int = 15) -> dict[str, float]:
+    """Median milliseconds of a weight-only int8 linear (int8 weight, a scale per output) on ATen's
+    ``_weight_int8pack_mm`` (activations cast to ``activations`` and back, as the graph does) and, up to
+    :data:`GEMV_MAX_ROWS` rows, as ``gemv`` on the int8 weight with fp32 activations; timed as :func:`measure`."""
+    x = torch.randn(rows, k)
+    qs = [torch.randint(-127, 128, (n, k), dtype=torch.int8) for _ in range(_copies(rows, n * k))]
+    scales = torch.rand(n) / 100
+
+    def int8pack_mm(q):
+        return torch.ops.aten._weight_int8pack_mm(x.to(activations), q, scales.to(activations)).float()
+    fns = {"int8pack_mm": _rotating(int8pack_mm, qs)}
+    if rows <= GEMV_MAX_ROWS:
+        compiled = _compiled_gemv(x, qs[0], None, scales)
+        fns["gemv"] = _rotating(lambda q: compiled(x, q, scales), qs)
+    return _best_of(fns, reps)
 
 
 class GemmTimings:
@@ -93,8 +170,15 @@ class GemmTimings:
 
     def get(self, rows: int, k: int, n: int, bias: bool) -> dict[str, float]:
         key = f"{rows},{k},{n},{int(bias)}"
-        if key not in self.table:
+        if not set(expected_backends(rows)) <= set(self.table.get(key, ())):  # new, or cached before gemv existed
             self.table[key] = measure(rows, k, n, bias, self.reps)
+            self.measured += 1
+        return self.table[key]
+
+    def get_weight_int8(self, rows: int, k: int, n: int, activations: torch.dtype) -> dict[str, float]:
+        key = f"int8-weight-only,{str(activations).replace('torch.', '')},{rows},{k},{n}"
+        if key not in self.table:
+            self.table[key] = measure_weight_int8(rows, k, n, activations, self.reps)
             self.measured += 1
         return self.table[key]
 

@@ -119,3 +119,19 @@ def _attr(gm, target: str):
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def rows_at_example(node: torch.fx.Node, gm: torch.fx.GraphModule) -> int:
+    """The rows of a linear-like node's input (all dims but the last) at the user's example sizes (a batch of 1
+    is traced as 2; this counts 1); the traced sizes where a dim was not captured by fxopt."""
+    import math
+
+    sizes = {dim_symbol(k): v for k, v in gm.meta.get("fxopt.example_dims", {}).items()}
+    rows = sympy.Integer(1)
+    for s in node.args[0].meta["val"].shape[:-1]:
+        rows *= size_expr(s, symbol_map(gm))
+    rows = rows.subs(sizes)
+    if rows.free_symbols:
+        rows = sympy.Integer(math.prod(int(s.node.hint) if isinstance(s, torch.SymInt) else int(s)
+                                       for s in node.args[0].meta["val"].shape[:-1]))
+    return int(rows)

@@ -56,6 +56,26 @@ def test_inductor_runs_the_int8_kernel():
     assert compiled.report.pipeline.record("quantize-weights-int8").extra["max_rel_error"] < 2e-2
 
 
+def test_few_row_linears_run_as_an_int8_gemv_in_inductor():
+    """A decode step's linears: Inductor streams the int8 weights itself, with exact fp32 activations."""
+    import copy
+
+    torch.manual_seed(0)
+    model = MLP().eval()
+    compiled, (code, *_) = run_and_get_code(
+        lambda: fxopt.compile(model, torch.randn(1, 1, 64), passes="eliminate-dead-nodes,quantize-weights-int8{kernel=gemv}"))
+    assert "_weight_int8pack_mm" not in code and "mkldnn._linear_pointwise" not in code
+    assert "extern_kernels.addmm" not in code and code.count("device='cpu', dtype=torch.int8)") == 3
+    assert compiled.report.pipeline.record("quantize-weights-int8").stats["gemv"] == 3
+    dequantized = copy.deepcopy(model)  # the same int8 weights, multiplied out in fp32
+    for linear in (dequantized.up, dequantized.down, dequantized.head):
+        q, scales = quantize_per_channel(linear.weight.data)
+        linear.weight.data = q.float() * scales[:, None]
+    for batch in (1, 3):
+        x = torch.randn(batch, 1, 64)
+        torch.testing.assert_close(compiled(x), dequantized(x), rtol=1e-4, atol=1e-5)
+
+
 def test_int4_groups_recover_weights_that_lie_on_a_4_bit_grid():
     from fxopt.passes.quantize_weights_int4 import pack_for_cpu, quantize_grouped
 

@@ -93,3 +93,67 @@ def test_plausible_timings_are_measured_once(monkeypatch):
     monkeypatch.setattr(gemm_backends, "interleaved_ms", quiet)
     gemm_backends.measure(8, 16, 32, bias=True)
     assert len(calls) == 1
+
+
+def test_forced_gemv_golden_and_exact():
+    result = check_pass("select-gemm-backend", MLP(), torch.randn(1, 32), options=GemmOptions(backend="gemv"))
+    assert result.stats == {"gemv": 2}
+    filecheck(result.after, """
+        CHECK: prims.inductor_force_stride_order(%x, [32, 1])
+        CHECK: aten.view(%up.weight, [64, 1, 32])
+        CHECK: aten.mul
+        CHECK: aten.sum
+        CHECK: aten.permute
+        CHECK: aten.add
+        CHECK: aten.clone
+        CHECK-NOT: aten.linear
+    """)
+
+
+def test_gemv_is_one_inductor_reduction_per_linear_and_no_gemm_library():
+    """The proof that the decode path runs: Inductor's code streams the weights itself, for any batch."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = MLP().eval()
+    x = torch.randn(1, 1, 32)  # a decode step: one token, batch dynamic
+    compiled, (code, *_) = run_and_get_code(
+        lambda: fxopt.compile(model, x, passes="eliminate-dead-nodes,select-gemm-backend{backend=gemv}"))
+    assert "mkldnn." not in code and "_mkl_linear" not in code and "extern_kernels.mm" not in code
+    assert "extern_kernels.addmm" not in code
+    assert code.count("tmp_acc0_vec = tmp_acc0_vec +") >= 2  # a vectorized sum over `in` for each linear
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, 1, 32)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_gemv_is_timed_for_few_rows_only(monkeypatch):
+    timed = []
+
+    def quiet(fns, reps):
+        timed.append(set(fns))
+        return {name: 1.0 for name in fns}
+
+    monkeypatch.setattr(gemm_backends, "interleaved_ms", quiet)
+    gemm_backends.measure(1, 16, 32, bias=True)
+    gemm_backends.measure(gemm_backends.GEMV_MAX_ROWS + 1, 16, 32, bias=True)
+    assert timed == [{"onednn", "mkl", "gemv"}, {"onednn", "mkl"}]
+
+
+def test_a_cached_entry_without_gemv_is_measured_again(monkeypatch):
+    gemm_backends.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    gemm_backends.cache_path().write_text(json.dumps({"1,16,32,0": {"onednn": 1.0, "mkl": 2.0}}))
+    monkeypatch.setattr(gemm_backends, "measure", lambda *a, **k: {"onednn": 1.0, "mkl": 2.0, "gemv": 0.5})
+    assert gemm_backends.GemmTimings().get(1, 16, 32, False)["gemv"] == 0.5
+
+
+@pytest.mark.parametrize("backend", ["gemv", "onednn"])
+def test_generate_with_each_decode_backend_equals_hugging_face(tiny_llama, backend):
+    spec = f"eliminate-dead-nodes,fuse-rms-norm,fuse-sibling-linears,select-gemm-backend{{backend={backend}}}"
+    compiled = fxopt.compile(tiny_llama, {"input_ids": torch.randint(4, 128, (1, 10))}, passes=spec,
+                             max_cache_len=48)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        ids = torch.randint(4, 128, (1, 6 + 4 * seed))
+        assert torch.equal(compiled.generate(input_ids=ids, max_new_tokens=12, do_sample=False),
+                           tiny_llama.generate(input_ids=ids, max_new_tokens=12, do_sample=False))

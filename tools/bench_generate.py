@@ -7,8 +7,9 @@ configuration generates the same number of tokens from the same prompt, greedily
 
 * **time to first token** = the time of ``generate(max_new_tokens=1)``;
 * **decode tokens/s** = ``(new_tokens - 1) / (time(new_tokens) - time(1))``, each the median of ``reps`` calls;
-* **agreement**: the share of new tokens equal to eager fp32's greedy tokens; **France**: whether the answer to
-  "What is the capital of France?" names Paris.
+* **agreement**: the share of new tokens equal to eager fp32's greedy tokens, on the benchmark prompt and on
+  :data:`CHAT_PROMPTS` (8 chat-formatted questions, 64 tokens each, position by position); **France**: whether the
+  answer to "What is the capital of France?" names Paris.
 """
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ from tabulate import tabulate
 
 PROMPT_TOKENS = 256
 NEW_TOKENS = 64
+#: Questions a chat user asks, for the agreement of each configuration's greedy answers with eager fp32's.
+CHAT_PROMPTS = (
+    "What is the capital of France?",
+    "Explain in two sentences why the sky is blue.",
+    "Write a haiku about the sea.",
+    "List three uses of a paperclip.",
+    "How do I reverse a list in Python?",
+    "What is the difference between weather and climate?",
+    "Give me a recipe for a simple tomato soup.",
+    "Translate 'good morning, how are you?' into Spanish.",
+)
 
 
 def _hf_eager(model, example):
@@ -70,6 +82,7 @@ class GenerationMeasurement:
     eager_decode_tps: float
     compile_s: float
     agreement: float
+    chat_agreement: float
     france: bool
     peak_rss_mb: float
     notes: list[str] = field(default_factory=list)
@@ -113,9 +126,9 @@ def measure(config: str, reps: int = 3) -> GenerationMeasurement:
                 times[name]["first"].append(t1)
                 times[name]["all"].append(tn)
                 outputs[name] = out
-        chat = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                       add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        chat = _chat(tok, "What is the capital of France?")
         answer = candidate(**chat, do_sample=False, max_new_tokens=24)
+        chat_agreement = 1.0 if config == "HF eager (dynamic cache)" else _chat_agreement(tok, eager, candidate, greedy)
     answer_text = tok.decode(answer[0, chat["input_ids"].shape[1]:], skip_special_tokens=True)
     med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
     tps = {n: (NEW_TOKENS - 1) / (med[n]["all"] - med[n]["first"]) for n in med}
@@ -127,7 +140,25 @@ def measure(config: str, reps: int = 3) -> GenerationMeasurement:
         notes.append(compiled.generator.last_stats.describe())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return GenerationMeasurement(config, med["candidate"]["first"] * 1e3, tps["candidate"], med["eager"]["first"] * 1e3,
-                                 tps["eager"], compile_s, agreement, "paris" in answer_text.lower(), peak, notes)
+                                 tps["eager"], compile_s, agreement, chat_agreement, "paris" in answer_text.lower(),
+                                 peak, notes)
+
+
+def _chat(tok, question: str) -> dict:
+    return tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                   return_tensors="pt", return_dict=True)
+
+
+def _chat_agreement(tok, eager, candidate, greedy: dict) -> float:
+    """The share of greedy tokens, position by position over :data:`CHAT_PROMPTS`, equal to eager fp32's."""
+    same = total = 0
+    for question in CHAT_PROMPTS:
+        chat = _chat(tok, question)
+        start = chat["input_ids"].shape[1]
+        ref, out = eager(**chat, **greedy)[0, start:], candidate(**chat, **greedy)[0, start:]
+        same += int((ref == out).sum())
+        total += ref.numel()
+    return same / total
 
 
 def run_isolated(config: str, reps: int) -> GenerationMeasurement:
@@ -140,10 +171,11 @@ def run_isolated(config: str, reps: int) -> GenerationMeasurement:
 def table(results: list[GenerationMeasurement]) -> str:
     rows = [[m.config, f"{m.ttft_ms:.0f}", f"{m.ttft_speedup:.2f}×", f"{PROMPT_TOKENS / m.ttft_ms * 1e3:.0f}",
              f"{m.decode_tps:.1f}", f"{m.decode_speedup:.2f}×", f"{m.compile_s:.0f}", f"{m.peak_rss_mb:.0f}",
-             f"{m.agreement * 100:.0f}%", "yes" if m.france else "NO"] for m in results]
+             f"{m.agreement * 100:.0f}%", f"{m.chat_agreement * 100:.0f}%", "yes" if m.france else "NO"]
+            for m in results]
     return tabulate(rows, headers=["configuration", "first token ms", "vs eager", "prefill tok/s", "decode tok/s",
                                    "decode vs eager", "compile s", "peak RSS MB", "greedy = eager fp32",
-                                   "Paris"], tablefmt="github")
+                                   "on 8 chat prompts", "Paris"], tablefmt="github")
 
 
 def main(argv: list[str] | None = None) -> int:

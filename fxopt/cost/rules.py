@@ -50,6 +50,7 @@ VIEWS = {
     "slice", "select", "alias", "detach", "sym_size", "split", "split_with_sizes", "unflatten", "flatten",
     "as_strided", "narrow", "unbind", "chunk", "_assert_tensor_metadata", "_assert_scalar",
     "sym_constrain_range_for_size", "lift_fresh_copy", "getitem", "dropout",  # eval-mode dropout is the identity
+    "inductor_force_stride_order",  # pins a layout Inductor already makes (select-gemm-backend's gemv)
 }
 DATA = {"embedding", "cat", "stack", "clone", "contiguous", "_to_copy", "to", "index", "gather", "copy",
         "arange", "full", "zeros", "ones", "new_ones", "new_zeros", "zeros_like", "ones_like", "full_like",
