@@ -1,6 +1,8 @@
 """Reading the shape and dtype metadata that every node of fxopt's IR carries in ``meta["val"]``."""
 from __future__ import annotations
 
+import math
+
 import sympy
 import torch
 import torch.fx
@@ -124,8 +126,6 @@ def _attr(gm, target: str):
 def rows_at_example(node: torch.fx.Node, gm: torch.fx.GraphModule) -> int:
     """The rows of a linear-like node's input (all dims but the last) at the user's example sizes (a batch of 1
     is traced as 2; this counts 1); the traced sizes where a dim was not captured by fxopt."""
-    import math
-
     sizes = {dim_symbol(k): v for k, v in gm.meta.get("fxopt.example_dims", {}).items()}
     rows = sympy.Integer(1)
     for s in node.args[0].meta["val"].shape[:-1]:
