@@ -3,8 +3,8 @@ each weight once, at the machine's read bandwidth.
 
 A decode step multiplies one token per sequence by every weight of the model: its time is the time to read the
 weights. oneDNN and MKL are built for many rows and reach about 22 GB/s on SmolLM2's decode linears on a 2-core
-AMD EPYC, where a plain sum over 2 GB reaches 28 GB/s. Written as a broadcast multiply and a sum over ``in`` with
-the output channel outermost, the product becomes an Inductor reduction that streams the weight at that rate
+AMD EPYC, where a plain sum over 256 MB reads 28–32 GB/s. Written as a broadcast multiply and a sum over ``in``
+with the output channel outermost, the product becomes an Inductor reduction that streams the weight at that rate
 (SmolLM2's decode linears: 19 ms against oneDNN's 24 ms), reads the plain weight (no packed copy), and takes int8
 weights as they are (dequantized in registers)::
 

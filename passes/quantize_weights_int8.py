@@ -144,20 +144,19 @@ def rewrite_linears(gm: torch.fx.GraphModule, skip: Sequence[str], act: torch.dt
 @graph_pass("quantize-weights-int8", options=WeightInt8Options, level=2, tolerance="budget",
             after=("fuse-sibling-linears",), before=("select-gemm-backend",))
 def quantize_weights_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-    """Linear weights → int8 per output channel (weight-only), run by _weight_int8pack_mm."""
+    """Linear weights → int8 per output channel (weight-only), run by _weight_int8pack_mm or, for few rows, gemv."""
     opts: WeightInt8Options = ctx.options
     act = getattr(torch, opts.activations)
     quantized: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def quantize(w):
+    def quantize(w):  # (int8 weight, fp32 scales), computed once per weight
         if id(w) not in quantized:
-            q, scales = quantize_per_channel(w)
-            quantized[id(w)] = q, scales.to(act)
+            quantized[id(w)] = quantize_per_channel(w)
         return quantized[id(w)]
 
     def constants(w):
         return [("int8", ("int8-per-channel", w), lambda: quantize(w)[0]),
-                ("scales", ("int8-scales", str(act), w), lambda: quantize(w)[1])]
+                ("scales", ("int8-scales", str(act), w), lambda: quantize(w)[1].to(act))]
 
     def kernel(rw, rows, consts, before):
         return rw.call(aten._weight_int8pack_mm.default, (rows, *consts), before=before)
@@ -168,7 +167,7 @@ def quantize_weights_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
         if not _use_gemv(node, gm, w, act, opts.kernel, timings):
             return None
         q = rw.add_constant(f"{node.name}_int8", lambda: quantize(w)[0], before=node, key=("int8-per-channel", w))
-        scales = rw.add_constant(f"{node.name}_scales_f32", lambda: quantize_per_channel(w)[1], before=node,
+        scales = rw.add_constant(f"{node.name}_scales_f32", lambda: quantize(w)[1], before=node,
                                  key=("int8-scales", "float32", w))
         rw.count("gemv")
         return write_gemv(rw, node, node.args[0], q, bias, scales), rw.constant(q)
