@@ -24,8 +24,10 @@ def _libc():
     return libc if libc is not None and hasattr(libc, "malloc_trim") else None
 
 
-def trim_heap() -> bool:
-    """Collect garbage and return the heap's free pages to the OS; True where glibc did it."""
-    gc.collect()
+def trim_heap(collect: bool = True) -> bool:
+    """Return the heap's free pages to the OS (after collecting garbage, with ``collect``); True where glibc
+    did it."""
+    if collect:
+        gc.collect()
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0))

@@ -22,6 +22,7 @@ from fxopt.errors import AccuracyBudgetError, FxoptError, NumericsError, PassErr
 from fxopt.graph_pass import GraphPass, PassContext, PassResult
 from fxopt.ir.printer import format_graph
 from fxopt.ir.verifier import verify
+from fxopt.memory import trim_heap
 
 
 @dataclass
@@ -265,9 +266,9 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
         return float("inf")
     if not expected.is_floating_point():
         return 0.0 if torch.equal(actual, expected) else float("inf")
-    diff = (actual.float() - expected.float()).abs().max().item()
-    scale = expected.float().abs().max().item()
-    return diff / max(scale, 1e-12)
+    diff = torch.sub(actual.float(), expected.float()).abs_().max().item()  # one temporary: logits are 50 MB
+    low, high = torch.aminmax(expected.float())
+    return diff / max(-low.item(), high.item(), 1e-12)
 
 
 class NumericCheck(Instrument):
@@ -301,7 +302,11 @@ class NumericCheck(Instrument):
 
     def _run(self, gm, inputs):
         with torch.no_grad():
-            return [o for o in gm(*inputs) if isinstance(o, torch.Tensor)]
+            outputs = [o for o in gm(*inputs) if isinstance(o, torch.Tensor)]
+        # An eager run's activations are freed into glibc's heap, which keeps them: without giving them back,
+        # the process's resident memory climbed by ~300 MB over SmolLM2's pipeline (1 × 256 checks).
+        trim_heap(collect=False)
+        return outputs
 
     def before_pipeline(self, gm, ctx):
         if not ctx.example_inputs:
@@ -356,6 +361,6 @@ class NumericCheck(Instrument):
 
 
 def _lost_finiteness(actual: torch.Tensor, expected: torch.Tensor) -> bool:
-    if not actual.is_floating_point() or actual.shape != expected.shape:
+    if not actual.is_floating_point() or actual.shape != expected.shape or bool(torch.isfinite(actual).all()):
         return False
     return bool((~torch.isfinite(actual) & torch.isfinite(expected)).any())

@@ -2,8 +2,11 @@
 
 Fuses attention's q/k/v projections (BERT; Llama with grouped-query shapes, where k/v are narrower than q)
 and the gate/up pair of SwiGLU MLPs: one larger GEMM instead of two or three, reading the input once.
-The concatenated weight (and bias) is computed once at compile time, and once per model: a second graph of
-the same model (a decode step) takes it from the model's constant pool.
+The concatenated weight (and bias) is computed once at compile time, and the model's own q/k/v (gate/up)
+tensors become views of its rows (:mod:`fxopt.weight_sharing`), so the weights are held once and a second
+graph of the same model (a decode step) finds them already adjacent: a view, no copy. ``share=false`` keeps
+the model's tensors as they were and holds the fused copy beside them (shared between graphs through the
+model's constant pool).
 
 Before::
 
@@ -40,19 +43,27 @@ from __future__ import annotations
 
 import operator
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 import torch.fx
 
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
 from fxopt.rewriter import Rewriter
+from fxopt.weight_sharing import concat_rows
 
 aten = torch.ops.aten
 
 
-@graph_pass("fuse-sibling-linears", after=("eliminate-dead-nodes",))
+@dataclass
+class FuseOptions:
+    share: bool = True  # the model's weights become views of the fused ones (held once; fxopt.weight_sharing)
+
+
+@graph_pass("fuse-sibling-linears", options=FuseOptions, after=("eliminate-dead-nodes",))
 def fuse_sibling_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     """Merge linears that share an input (q/k/v, gate/up) into one linear followed by a split."""
+    share = ctx.options.share
     rw = Rewriter(gm)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     groups: dict[torch.fx.Node, list[torch.fx.Node]] = defaultdict(list)
@@ -69,12 +80,13 @@ def fuse_sibling_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
             rw.count("groups not fused")
             continue
         first = min(linears, key=order.__getitem__)
-        weight = rw.add_constant(f"{first.name}_fused_weight", lambda: torch.cat(weights, 0), before=first,
-                                 key=("cat", *weights))
+        # shared: no pool key, since the sources' identities change (a second graph finds them adjacent instead)
+        weight = rw.add_constant(f"{first.name}_fused_weight", lambda: concat_rows(weights, share=share),
+                                 before=first, key=None if share else ("cat", *weights))
         args = [source, weight]
         if biases[0] is not None:
-            args.append(rw.add_constant(f"{first.name}_fused_bias", lambda: torch.cat(biases, 0), before=first,
-                                        key=("cat", *biases)))
+            args.append(rw.add_constant(f"{first.name}_fused_bias", lambda: concat_rows(biases, share=share),
+                                        before=first, key=None if share else ("cat", *biases)))
         fused = rw.call(aten.linear.default, tuple(args), before=first)
         sizes = [w.shape[0] for w in weights]
         split = rw.call(aten.split_with_sizes.default, (fused, sizes, -1), before=first)

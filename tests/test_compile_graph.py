@@ -22,25 +22,37 @@ def _own_constants(gm):
     return {name: t for name, t in gm.named_buffers() if name.startswith(OWN_CONSTANT_PREFIX)}
 
 
-def test_two_graphs_of_one_model_share_the_pool():
-    model = _tiny_llama()
+def _two_graphs(model, spec, pool):
     ids = torch.randint(0, 128, (2, 12))
     first = capture(model, (), {"input_ids": ids})
     second = capture(model, (), {"input_ids": ids[:, :5]}, dynamic=False)
-    pipeline = build_pipeline(None, disable=["select-gemm-backend"])
-    pool = ConstantPool()
     options = CompileOptions(backend="eager")
-    g1 = compile_graph(first, pipeline, options, pool=pool)
-    built = pool.built
-    assert built == 4 and pool.reused == 0  # 2 layers × (q/k/v weight, gate/up weight)
-    g2 = compile_graph(second, pipeline, options, pool=pool)
-    fused1 = {t.data_ptr() for n, t in _own_constants(g1.graph_module).items() if "fused" in n}
-    fused2 = {t.data_ptr() for n, t in _own_constants(g2.graph_module).items() if "fused" in n}
-    assert len(fused1) == 4 and fused1 == fused2  # the same tensors, held once
-    assert pool.reused == 4 and pool.built == built
+    g1 = compile_graph(first, build_pipeline(spec), options, pool=pool)
+    g2 = compile_graph(second, build_pipeline(spec), options, pool=pool)
     for graph, inputs in ((g1, first.example_inputs), (g2, second.example_inputs)):
         expected = model(input_ids=inputs[0], use_cache=False).logits
         torch.testing.assert_close(graph(*inputs)[0], expected, rtol=1e-4, atol=1e-4)
+    fused = [{t.data_ptr() for n, t in _own_constants(g.graph_module).items() if "fused" in n} for g in (g1, g2)]
+    return fused
+
+
+SPEC = "eliminate-dead-nodes,fuse-rms-norm,fuse-sibling-linears"
+
+
+def test_two_graphs_of_one_model_hold_their_fused_weights_once():
+    """The first graph's fusion makes the model's q/k/v and gate/up views of the fused weights; the second
+    graph finds them adjacent and takes views: the same memory, without the pool."""
+    pool = ConstantPool()
+    fused1, fused2 = _two_graphs(_tiny_llama(), SPEC, pool)
+    assert len(fused1) == 4 and fused1 == fused2  # 2 layers × (q/k/v weight, gate/up weight), held once
+    assert pool.built == 0
+
+
+def test_two_graphs_share_the_pool_when_the_model_keeps_its_weights():
+    pool = ConstantPool()
+    fused1, fused2 = _two_graphs(_tiny_llama(), SPEC.replace("linears", "linears{share=false}"), pool)
+    assert len(fused1) == 4 and fused1 == fused2  # the same tensors, held once
+    assert pool.built == 4 and pool.reused == 4
     assert pool.release() > 0 and len(pool) == 0
 
 

@@ -36,3 +36,24 @@ def test_mixed_bias_is_reported_not_fused():
 def test_fuses_six_qkv_groups_on_minilm(minilm_compiled):
     stats = minilm_compiled.report.pipeline.record("fuse-sibling-linears").stats
     assert stats == {"groups fused": 6, "linears fused": 18}
+
+
+def test_the_model_keeps_its_weights_as_views_of_the_fused_one():
+    """No weight held twice: the fused weight is the only copy, and the model still computes the same."""
+    torch.manual_seed(0)
+    model = QKV().eval()
+    x = torch.randn(3, 8)
+    expected = model(x)
+    check_pass("fuse-sibling-linears", model, x)
+    storages = {m.weight.untyped_storage().data_ptr() for m in (model.q, model.k, model.v)}
+    assert len(storages) == 1 and model.q.weight.untyped_storage().nbytes() == 16 * 8 * 4
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def test_share_false_leaves_the_model_untouched():
+    from fxopt.passes.fuse_sibling_linears import FuseOptions
+    model = QKV().eval()
+    pointers = [m.weight.data_ptr() for m in (model.q, model.k, model.v)]
+    result = check_pass("fuse-sibling-linears", model, torch.randn(3, 8), options=FuseOptions(share=False))
+    assert result.stats == {"groups fused": 1, "linears fused": 3}
+    assert [m.weight.data_ptr() for m in (model.q, model.k, model.v)] == pointers

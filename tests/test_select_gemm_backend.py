@@ -47,11 +47,65 @@ def test_timings_are_cached_per_machine():
     check_pass("select-gemm-backend", MLP(), torch.randn(5, 32), options=GemmOptions(reps=3))
     table = json.loads(gemm_backends.cache_path().read_text())
     assert set(table) == {"5,32,64,1", "5,64,32,0"}
-    assert set(table["5,32,64,1"]) == {"onednn", "mkl"}
-    gemm_backends.cache_path().write_text(json.dumps({"5,32,64,1": {"onednn": 1.0, "mkl": 9.0},
-                                                       "5,64,32,0": {"onednn": 9.0, "mkl": 1.0}}))
+    assert set(table["5,32,64,1"]) == {"onednn", "mkl", "onednn-plain"}
+    gemm_backends.cache_path().write_text(json.dumps({
+        "5,32,64,1": {"onednn": 1.0, "mkl": 9.0, "onednn-plain": 2.0},
+        "5,64,32,0": {"onednn": 9.0, "mkl": 1.0, "onednn-plain": 9.0}}))
     result = check_pass("select-gemm-backend", MLP(), torch.randn(5, 32))
     assert result.stats == {"onednn": 1, "mkl": 1}  # decided from the cache, not measured again
+
+
+@pytest.mark.parametrize("times, copy_margin, expected", [
+    ({"onednn": 1.00, "mkl": 1.20, "onednn-plain": 1.05}, 0.10, "onednn-plain"),  # a copy for 5%: not worth it
+    ({"onednn": 1.00, "mkl": 1.20, "onednn-plain": 1.05}, 0.0, "onednn"),
+    ({"onednn": 1.00, "mkl": 0.50, "onednn-plain": 1.05}, 0.10, "mkl"),  # twice as fast: worth its copy
+    ({"onednn": 1.00, "mkl": 1.20, "onednn-plain": 1.05, "gemv": 0.5}, 0.10, "gemv"),
+    ({"onednn": 1.00, "mkl": 1.20}, 0.10, "onednn"),  # timed before onednn-plain existed
+])
+def test_a_packed_copy_of_the_weight_must_buy_more_than_copy_margin(times, copy_margin, expected):
+    from fxopt.passes.select_gemm_backend import _fastest
+    assert _fastest(times, 0.03, copy_margin) == expected
+
+
+class Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(32, 64)
+        self.down = torch.nn.Linear(64, 32, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x))) + x
+
+
+def test_forced_onednn_plain_golden_and_exact():
+    """oneDNN on the model's own weight; the residual add reads the linear second, where Inductor's
+    linear + bias pattern (which asserts a packed weight) does not match it."""
+    result = check_pass("select-gemm-backend", Residual(), torch.randn(5, 32),
+                        options=GemmOptions(backend="onednn-plain"))
+    assert result.stats == {"onednn-plain": 2}
+    filecheck(result.after, """
+        CHECK: mkldnn._linear_pointwise(%x, %up.weight, %up.bias, 'none', [], '') : f32[batch, 64]
+        CHECK: %_linear_pointwise_default_1 = mkldnn._linear_pointwise(%relu, %down.weight, None, 'none', [], '')
+        CHECK: aten.add.Tensor(%x, %_linear_pointwise_default_1)
+        CHECK-NOT: aten.linear
+    """)
+
+
+def test_onednn_plain_runs_on_the_model_weights_with_fused_epilogues():
+    """The compiled code's weights are the model's own tensors (no packed copy), and oneDNN still fuses the
+    activation and the residual add."""
+    from torch._inductor.utils import run_and_get_code
+    torch.manual_seed(0)
+    model = Residual().eval()
+    x = torch.randn(4, 16, 32)
+    compiled, (code, *_) = run_and_get_code(
+        lambda: fxopt.compile(model, x, passes="eliminate-dead-nodes,select-gemm-backend{backend=onednn-plain}"))
+    assert code.count("torch.ops.mkldnn._linear_pointwise.default(") == 1 and "'relu'" in code
+    assert code.count("torch.ops.mkldnn._linear_pointwise.binary(") == 1 and "'add'" in code
+    assert "_reorder_linear_weight" not in code and "_mkl_linear" not in code
+    for batch in (1, 3, 9):
+        x = torch.randn(batch, 16, 32)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_compiled_with_inductor_at_other_batches():
@@ -137,7 +191,7 @@ def test_gemv_is_timed_for_few_rows_only(monkeypatch):
     monkeypatch.setattr(gemm_backends, "interleaved_ms", quiet)
     gemm_backends.measure(1, 16, 32, bias=True)
     gemm_backends.measure(gemm_backends.GEMV_MAX_ROWS + 1, 16, 32, bias=True)
-    assert timed == [{"onednn", "mkl", "gemv"}, {"onednn", "mkl"}]
+    assert timed == [{"onednn", "mkl", "onednn-plain", "gemv"}, {"onednn", "mkl", "onednn-plain"}]
 
 
 def test_a_cached_entry_without_gemv_is_measured_again(monkeypatch):
@@ -147,7 +201,7 @@ def test_a_cached_entry_without_gemv_is_measured_again(monkeypatch):
     assert gemm_backends.GemmTimings().get(1, 16, 32, False)["gemv"] == 0.5
 
 
-@pytest.mark.parametrize("backend", ["gemv", "onednn"])
+@pytest.mark.parametrize("backend", ["gemv", "onednn", "onednn-plain"])
 def test_generate_with_each_decode_backend_equals_hugging_face(tiny_llama, backend):
     spec = f"eliminate-dead-nodes,fuse-rms-norm,fuse-sibling-linears,select-gemm-backend{{backend={backend}}}"
     compiled = fxopt.compile(tiny_llama, {"input_ids": torch.randint(4, 128, (1, 10))}, passes=spec,

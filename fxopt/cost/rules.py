@@ -73,7 +73,7 @@ def rule(target, in_shapes: list, out_shapes: list, args: tuple) -> OpCost | Non
     out = out_shapes[0] if out_shapes else ()
     if name in VIEWS:
         return OpCost(is_view=True)
-    if name in ("linear",):
+    if name in ("linear", "_linear_pointwise"):  # aten.linear; oneDNN's on a plain weight: (x, weight, bias, ...)
         x, w = in_shapes[0], in_shapes[1]
         m = numel(x[:-1])
         mm = 2 * m * x[-1] * w[0]
