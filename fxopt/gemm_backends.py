@@ -8,9 +8,10 @@ and accept any number of rows at run time:
 * ``mkl``: ``mkl._mkl_linear`` — MKL's packed GEMM (what Inductor emits with static shapes).
 
 ``onednn-plain`` is the same oneDNN kernel on the plain weight: no copy, the compiled code reads the model's own
-tensor. On an AMD EPYC (AVX-512, 2 threads) it took 3–6% longer than the packed weight on SmolLM2's and
-MiniLM's prefill shapes (256 and 1024 rows), where plain ``aten.mm`` took 12–40% longer; select-gemm-backend
-gives the copy only to a backend that is faster by more than its ``copy_margin``.
+tensor. On an AMD EPYC (AVX-512, 2 threads), in a quiet interleaved micro-benchmark, it took 3–6% longer than
+the packed weight on SmolLM2's and MiniLM's prefill shapes (256 and 1024 rows) and 14–20% at 64 rows (timings
+taken while the machine was busy had up to 12% at 256), where plain ``aten.mm`` took 12–40% longer;
+select-gemm-backend gives the copy only to a backend that is faster by more than its ``copy_margin``.
 
 A third one is for linears of a few rows (a decode step: one token per sequence), whose time is reading the
 weight once: ``gemv`` (:mod:`fxopt.gemv`), which Inductor compiles into one loop that streams the plain weight at
@@ -37,8 +38,6 @@ from fxopt.gemv import gemv
 from fxopt.machine import cache_file
 
 BACKENDS = ("onednn", "mkl", "onednn-plain", "gemv")
-#: The backends that run on the weight as the model holds it, with no copy of their own.
-NO_COPY = ("onednn-plain", "gemv")
 #: Linears with more rows than this are not offered ``gemv``: from 8 rows on it reads the weight ``rows`` times.
 GEMV_MAX_ROWS = 4
 #: Few-row linears are timed over copies of the weight this large in all, so that each call reads it from memory

@@ -10,8 +10,12 @@ following activation or residual add. The choice per shape is listed in the comp
 
 Weights held once is what brings fxopt's memory to torch.compile's: compiling and running SmolLM2 1 × 256 peaked
 at 2,072 MB with packed copies and 1,426 MB without (torch.compile static + freezing: 1,249 MB), at the same speed
-within the runs' noise (AMD EPYC, where the plain weight costs oneDNN 2–6% at 256 and 1,024 rows and 14–20% at
-64). ``copy_margin=0`` takes the fastest library whatever it holds.
+within the runs' noise (AMD EPYC, where the plain weight costs oneDNN 3–6% at 256 and 1,024 rows and 14–20% at
+64 in a quiet micro-benchmark). ``copy_margin=0`` takes the fastest library whatever it holds. oneDNN's packed
+weights are also left out by default (``cacheable``): Inductor bypasses its FX graph cache for any graph that holds
+one, so a single packed pooler made every later compile of MiniLM lower the whole graph again (a warm compile took
+9.7 s of a cold one's 17.5 with it, 8.3 of 18.3 without). ``copy_margin=0,cacheable=false`` is the previous
+behaviour.
 
 The decision is per GEMM, the proof is end to end: ``fxopt bench`` runs the pipeline with and without this
 pass side by side. On SmolLM2 prefill 1 × 256 it moves every linear to MKL, and the interleaved same-process
@@ -60,6 +64,9 @@ aten = torch.ops.aten
 class GemmOptions:
     margin: float = 0.03  # MKL must be this much faster (it cannot fuse an epilogue, oneDNN can)
     copy_margin: float = 0.25  # a backend that packs its own copy of the weight must be this much faster
+    # Inductor bypasses its FX graph cache for a graph holding a oneDNN-packed weight ("mkldnn tensors
+    # unpickleable"), so one such linear makes every later compile lower the whole graph again: not by default
+    cacheable: bool = True
     reps: int = 15
     refresh: bool = False  # measure again instead of reading the cache
     backend: Literal["measure", "mkl", "onednn", "onednn-plain", "gemv"] = "measure"  # or all on one, untimed
@@ -90,8 +97,8 @@ def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
             backend, times = opts.backend, {}
         else:
             times = timings.get(rows, k, n, bias_node is not None)
-            backend = _fastest(times if gemv_ok else {b: t for b, t in times.items() if b != "gemv"}, opts.margin,
-                               opts.copy_margin)
+            excluded = ({"gemv"} if not gemv_ok else set()) | ({"onednn"} if opts.cacheable else set())
+            backend = _fastest({b: t for b, t in times.items() if b not in excluded}, opts.margin, opts.copy_margin)
         if backend == "gemv" and not gemv_ok:
             backend = "onednn-plain"  # rows of a dynamic size other than the outermost: no static layout to pin
         if backend == "onednn-plain" and not _write_onednn_plain(rw, node, bias_node):
@@ -126,7 +133,7 @@ def _fastest(times: dict[str, float], margin: float, copy_margin: float) -> str:
     def pick(default: str, challengers: tuple[str, ...]) -> str:
         best = default
         for name in challengers:
-            if name in times and times[name] < times[best] * (1 - margin):
+            if name in times and (best not in times or times[name] < times[best] * (1 - margin)):
                 best = name
         return best
 
@@ -134,6 +141,8 @@ def _fastest(times: dict[str, float], margin: float, copy_margin: float) -> str:
     if "onednn-plain" not in times:
         return copying
     no_copy = pick("onednn-plain", ("gemv",))
+    if copying not in times:  # packed oneDNN left out (cacheable) and MKL not timed
+        return no_copy
     return copying if times[copying] < times[no_copy] * (1 - copy_margin) else no_copy
 
 

@@ -52,7 +52,7 @@ def test_timings_are_cached_per_machine():
         "5,32,64,1": {"onednn": 1.0, "mkl": 9.0, "onednn-plain": 2.0},
         "5,64,32,0": {"onednn": 9.0, "mkl": 1.0, "onednn-plain": 9.0}}))
     result = check_pass("select-gemm-backend", MLP(), torch.randn(5, 32))
-    assert result.stats == {"onednn": 1, "mkl": 1}  # decided from the cache, not measured again
+    assert result.stats == {"onednn-plain": 1, "mkl": 1}  # decided from the cache, not measured again
 
 
 @pytest.mark.parametrize("times, copy_margin, expected", [
@@ -61,6 +61,8 @@ def test_timings_are_cached_per_machine():
     ({"onednn": 1.00, "mkl": 0.50, "onednn-plain": 1.05}, 0.10, "mkl"),  # twice as fast: worth its copy
     ({"onednn": 1.00, "mkl": 1.20, "onednn-plain": 1.05, "gemv": 0.5}, 0.10, "gemv"),
     ({"onednn": 1.00, "mkl": 1.20}, 0.10, "onednn"),  # timed before onednn-plain existed
+    ({"mkl": 0.50, "onednn-plain": 1.05}, 0.10, "mkl"),  # packed oneDNN left out (cacheable)
+    ({"mkl": 1.00, "onednn-plain": 1.05}, 0.10, "onednn-plain"),
 ])
 def test_a_packed_copy_of_the_weight_must_buy_more_than_copy_margin(times, copy_margin, expected):
     from fxopt.passes.select_gemm_backend import _fastest
@@ -75,6 +77,16 @@ class Residual(torch.nn.Module):
 
     def forward(self, x):
         return self.down(torch.relu(self.up(x))) + x
+
+
+def test_by_default_no_linear_gets_a_onednn_packed_weight(monkeypatch):
+    """Inductor's FX graph cache refuses graphs holding oneDNN-packed weights: measured choices leave them out
+    (cacheable=True), so even a linear where packed oneDNN is far faster goes to the best of the others."""
+    monkeypatch.setattr(gemm_backends, "measure",
+                        lambda *a, **k: {"onednn": 0.1, "mkl": 2.0, "onednn-plain": 1.0})
+    assert check_pass("select-gemm-backend", MLP(), torch.randn(5, 32)).stats == {"onednn-plain": 2}
+    assert check_pass("select-gemm-backend", MLP(), torch.randn(5, 32),
+                      options=GemmOptions(cacheable=False)).stats == {"onednn": 2}
 
 
 def test_forced_onednn_plain_golden_and_exact():
