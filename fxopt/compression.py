@@ -1,8 +1,9 @@
 """``fxopt.compile(..., compress={...})``: the compression passes, placed in the pipeline with their options.
 
+    compress={"prune_heads": 0.25}    prune-attention-heads{ratio=0.25}: a quarter of each attention block's heads
     compress={"prune_mlp": 0.3}       prune-mlp-channels{ratio=0.3}: 30% of every MLP block's hidden channels
     compress={"low_rank": 0.9}        factorize-low-rank{energy=0.9}: rank-r pairs holding 90% of Σσ², where faster
-    compress={"recover": False}       skip the layer-wise refit (both passes refit by default)
+    compress={"recover": False}       skip the layer-wise refit (every compression pass refits by default)
 
 They run after the fusions that need the original shapes (attention) and before ``fuse-sibling-linears``, so
 that they see separate gate/up/down linears; pruning runs first, so a factorized linear is already pruned. The
@@ -18,7 +19,8 @@ from fxopt.registry import get_pass
 
 Pipeline = list[tuple[GraphPass, Any]]
 #: compress= key → (pass, its option)
-KEYS = {"prune_mlp": ("prune-mlp-channels", "ratio"), "low_rank": ("factorize-low-rank", "energy")}
+KEYS = {"prune_heads": ("prune-attention-heads", "ratio"), "prune_mlp": ("prune-mlp-channels", "ratio"),
+        "low_rank": ("factorize-low-rank", "energy")}
 
 
 def check_request(compress: Mapping[str, Any] | None) -> None:
@@ -30,9 +32,9 @@ def check_request(compress: Mapping[str, Any] | None) -> None:
     unknown = set(compress) - set(KEYS) - {"recover"}
     if unknown:
         raise ValueError(f"unknown compress option(s) {sorted(unknown)}; choose from {sorted(KEYS) + ['recover']}")
-    if "prune_mlp" in compress and not 0 <= float(compress["prune_mlp"]) < 1:
-        raise ValueError(f"compress['prune_mlp'] is the fraction of channels to remove, in [0, 1); got "
-                         f"{compress['prune_mlp']}")
+    for key, what in (("prune_heads", "heads"), ("prune_mlp", "channels")):
+        if key in compress and not 0 <= float(compress[key]) < 1:
+            raise ValueError(f"compress[{key!r}] is the fraction of {what} to remove, in [0, 1); got {compress[key]}")
     if "low_rank" in compress and not 0 < float(compress["low_rank"]) <= 1:
         raise ValueError(f"compress['low_rank'] is the energy the kept singular values hold, in (0, 1]; got "
                          f"{compress['low_rank']}")

@@ -115,6 +115,22 @@ def refit(z: torch.Tensor, y: torch.Tensor, unfit: torch.Tensor) -> tuple[torch.
     return w, c, f"alpha={best[1]:g}"
 
 
+def refit_kept_columns(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, columns: torch.Tensor,
+                       errors: tuple[list[float], list[float]]) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """A linear that loses input ``columns``' complement (pruned channels or heads): its weight on the kept columns,
+    refit by :func:`refit` on the recorded inputs ``x`` (rows) to reproduce the full layer's outputs, and its bias
+    with the intercept added. Appends the relative output error before and after the refit to ``errors``; returns
+    ``(weight, bias, what refit chose)``."""
+    w_kept = weight[:, columns].contiguous()
+    z, y = x[:, columns], x @ weight.T
+    errors[0].append(relative_error(z @ w_kept.T, y))
+    w_kept, shift, how = refit(z, y, w_kept)
+    errors[1].append(relative_error(z @ w_kept.T + (shift if shift is not None else 0), y))
+    if shift is not None:
+        bias = shift if bias is None else bias + shift
+    return w_kept, bias, how
+
+
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return ((approx - exact).norm() / exact.norm().clamp_min(1e-12)).item()
 

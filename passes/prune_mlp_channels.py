@@ -46,7 +46,7 @@ import torch
 import torch.fx
 
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
-from fxopt.layer_recovery import calibration_batches, record, refit, relative_error, with_refit_stats
+from fxopt.layer_recovery import calibration_batches, record, refit_kept_columns, with_refit_stats
 from fxopt.passes.quantize_weights_int8 import linear_location
 from fxopt.rewriter import Rewriter
 
@@ -93,22 +93,17 @@ def prune_mlp_channels(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult
         if keep >= channels:
             continue
         kept = (h.square().mean(0) * w_down.square().sum(0)).topk(keep).indices.sort().values
-        w_kept = w_down[:, kept].contiguous()
-        bias = rw.constant(b.down.args[2]) if len(b.down.args) > 2 and b.down.args[2] is not None else None
+        w_kept, bias = w_down[:, kept].contiguous(), linear_bias(rw, b.down)
         if o.recover:
-            z, y = h[:, kept], h @ w_down.T
-            before.append(relative_error(z @ w_kept.T, y))
-            w_kept, shift, how = refit(z, y, w_kept)
-            after.append(relative_error(z @ w_kept.T + (shift if shift is not None else 0), y))
-            if shift is not None:
-                bias = shift if bias is None else bias + shift
+            w_kept, bias, how = refit_kept_columns(h, w_down, bias, kept, (before, after))
             rw.count(f"refit {how}")
         del h
         for up in b.ups:
-            _replace_weights(rw, up, rw.constant(up.args[1])[kept], _bias(rw, up, kept))
+            up_bias = linear_bias(rw, up)
+            replace_linear_weights(rw, up, rw.constant(up.args[1])[kept], up_bias[kept] if up_bias is not None else None)
         for node in b.region:
             rw.update(node, args=node.args)  # shapes follow the narrower inputs
-        _replace_weights(rw, b.down, w_kept, bias)
+        replace_linear_weights(rw, b.down, w_kept, bias)
         rw.count("blocks")
         rw.count("channels removed", channels - keep)
     rw.remove_unused()
@@ -148,13 +143,15 @@ def _block(rw: Rewriter, down: torch.fx.Node) -> _Block | None:
     return _Block(down, ups, sorted(region, key=order.__getitem__))
 
 
-def _bias(rw: Rewriter, linear: torch.fx.Node, kept: torch.Tensor) -> torch.Tensor | None:
-    bias = rw.constant(linear.args[2]) if len(linear.args) > 2 and linear.args[2] is not None else None
-    return bias[kept] if bias is not None else None
+def linear_bias(rw: Rewriter, linear: torch.fx.Node) -> torch.Tensor | None:
+    """The constant bias of an ``aten.linear``, or None."""
+    return rw.constant(linear.args[2]) if len(linear.args) > 2 and linear.args[2] is not None else None
 
 
-def _replace_weights(rw: Rewriter, linear: torch.fx.Node, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    name = f"{linear.name}_pruned"
+def replace_linear_weights(rw: Rewriter, linear: torch.fx.Node, weight: torch.Tensor, bias: torch.Tensor | None,
+                           tag: str = "pruned") -> None:
+    """Point ``linear`` at new constants ``_fxopt_<name>_<tag>_weight`` (and ``_bias``)."""
+    name = f"{linear.name}_{tag}"
     w = rw.add_constant(f"{name}_weight", weight.contiguous(), before=linear)
     b = rw.add_constant(f"{name}_bias", bias.contiguous(), before=linear) if bias is not None else None
     rw.update(linear, args=(linear.args[0], w, b) if b is not None else (linear.args[0], w))

@@ -136,7 +136,8 @@ def test_ridge_recovers_an_exact_linear_map_and_its_intercept():
 
 
 @pytest.mark.parametrize("compress, message", [
-    ({"prune_heads": 0.2}, "unknown compress option"),
+    ({"distill": 0.2}, "unknown compress option"),
+    ({"prune_heads": -0.1}, "in \\[0, 1\\)"),
     ({"prune_mlp": 1.0}, "in \\[0, 1\\)"),
     ({"low_rank": 0.0}, "in \\(0, 1\\]"),
     ("prune", "must be a mapping"),

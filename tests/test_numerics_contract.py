@@ -203,7 +203,8 @@ def test_pass_contract_is_validated():
     assert fxopt.passes.select_gemm_backend.stage == "target"
     assert fxopt.passes.quantize_weights_int8.tolerance == "budget"
     assert fxopt.passes.prune_mlp_channels.tolerance == fxopt.passes.factorize_low_rank.tolerance == "budget"
+    assert fxopt.passes.prune_attention_heads.tolerance == "budget"
     assert all(p.stage == "portable" and not p.lossy for p in fxopt.passes.BUILTIN_PASSES
                if p.name not in ("select-gemm-backend", "quantize-weights-int8", "quantize-weights-int4",
-                                 "quantize-dynamic-int8", "cast-linears-bf16", "prune-mlp-channels",
+                                 "quantize-dynamic-int8", "cast-linears-bf16", "prune-mlp-channels", "prune-attention-heads",
                                  "factorize-low-rank"))

@@ -21,6 +21,7 @@ from test_fuse_layer_norm import SqrtLayerNorm
 from test_fuse_rms_norm import RMSNorm
 from test_fuse_sibling_linears import QKV
 from test_compression import GeluMLP, LowRankLinear
+from test_prune_attention_heads import MHA
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 from fuse_gelu_tanh import gelu_tanh_pattern  # noqa: E402 - the examples folder is on the path now
@@ -89,6 +90,8 @@ EXAMPLES = {
     "cast-linears-bf16": ("fxopt.passes.cast_linears_bf16", _linear(), (torch.randn(4, 10, 64),), {"rtol": 2e-2}),
     "smooth-activations": ("fxopt.passes.smooth_activations", NormThenLinears(), (torch.randn(2, 7, 16),),
                            {"rtol": 1e-4}),
+    "prune-attention-heads": ("fxopt.passes.prune_attention_heads", MHA(), (torch.randn(4, 16, 32),),
+                              {"options": fxopt.passes.prune_attention_heads.options(ratio=0.25), "rtol": 10.0}),
     "prune-mlp-channels": ("fxopt.passes.prune_mlp_channels", GeluMLP(), (torch.randn(64, 16),),
                            {"options": fxopt.passes.prune_mlp_channels.options(ratio=0.5), "rtol": 10.0}),
     "factorize-low-rank": ("fxopt.passes.factorize_low_rank", LowRankLinear(), (torch.randn(4, 128, 256),),

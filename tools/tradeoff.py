@@ -1,6 +1,7 @@
 """``fxopt tradeoff MODEL``: speed against accuracy over compression levels and precisions, with the Pareto front.
 
-Each point is ``fxopt.compile`` with one setting — MLP channel pruning (``prune-mlp-channels``), low-rank
+Each point is ``fxopt.compile`` with one setting — MLP channel pruning (``prune-mlp-channels``), attention-head
+pruning (``prune-attention-heads``), low-rank
 factorization (``factorize-low-rank``), int8 (alone and after pruning) — timed against eager fp32 in the same
 process (interleaved, median), with the cost model's FLOPs at the example shape and the accuracy on held-out
 text: MiniLM's min pooled-embedding cosine on sentences of the Python license, SmolLM2's perplexity on the
@@ -29,6 +30,8 @@ POINTS: list[tuple[str, dict]] = [
     ("fp32", {}),
     *[(f"prune MLP {r:.0%}", {"compress": {"prune_mlp": r}}) for r in (0.02, 0.05, 0.1, 0.25, 0.5)],
     ("prune MLP 10%, no refit", {"compress": {"prune_mlp": 0.1, "recover": False}}),
+    *[(f"prune heads {r:.0%}", {"compress": {"prune_heads": r}}) for r in (0.05, 0.1, 0.2)],
+    ("prune heads 10%, no refit", {"compress": {"prune_heads": 0.1, "recover": False}}),
     *[(f"low rank {e:.0%} energy", {"compress": {"low_rank": e}}) for e in (0.98, 0.9, 0.8)],
     ("int8", {"quantize": "int8"}),
     ("prune MLP 5% + int8", {"compress": {"prune_mlp": 0.05}, "quantize": "int8"}),
@@ -112,6 +115,21 @@ def pareto(points: list[Point], higher_is_better: bool) -> list[Point]:
     return [p for p in points if not any(better(q, p) for q in points if q is not p)]
 
 
+def _labels(spec: str) -> set[str]:
+    """The labels of a comma-separated ``--points`` list; a label with a comma in it ("prune MLP 10%, no refit")
+    is taken whole."""
+    known, labels, parts = {label for label, _ in POINTS}, set(), [s.strip() for s in spec.split(",")]
+    i = 0
+    while i < len(parts):
+        if i + 1 < len(parts) and f"{parts[i]}, {parts[i + 1]}" in known:
+            labels.add(f"{parts[i]}, {parts[i + 1]}")
+            i += 2
+        else:
+            labels.add(parts[i])
+            i += 1
+    return labels
+
+
 def main(argv: list[str] | None = None) -> int:
     import fxopt
     from fxopt import models
@@ -128,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, path in (("--plot", args.plot), ("--json", args.json)):
         if path and writable_output(path):
             parser.error(f"{flag}: {writable_output(path)}")
-    chosen = POINTS if not args.points else [p for p in POINTS if p[0] in {s.strip() for s in args.points.split(",")}]
+    chosen = POINTS if not args.points else [p for p in POINTS if p[0] in _labels(args.points)]
     if not chosen:
         parser.error(f"--points names none of: {', '.join(label for label, _ in POINTS)}")
 
@@ -156,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_s = time.perf_counter() - start
         report = compiled.report
         note = "; ".join(f"{r.name}: " + ", ".join(f"{k}={v}" for k, v in r.stats.items())
-                         for r in report.pipeline.records if r.name in ("prune-mlp-channels", "factorize-low-rank"))
+                         for r in report.pipeline.records if r.name in ("prune-attention-heads", "prune-mlp-channels", "factorize-low-rank"))
         point = Point(label, speedup(real.model, compiled, inputs, args.reps),
                       report._at(report.flops_optimized) / 1e9, accuracy(compiled), compile_s, note)
         points.append(point)
