@@ -29,6 +29,7 @@ from fxopt.graph_pass import GraphPass
 from fxopt.ir.capture import CapturedModel
 from fxopt.lowering import Lowered, lower, release_own_constants
 from fxopt.machine import machine_key
+from fxopt import check_cache
 from fxopt.pass_manager import Instrument, NumericCheck, PassManager, PrintAfter, Timing, Verify, count_nodes
 from fxopt.pipeline import format_spec, split_stages
 
@@ -84,7 +85,8 @@ def _instruments(options: CompileOptions, example_dims: dict[str, int]) -> tuple
     if options.verify:
         inst.append(Verify(deep=options.deep_verify))
     if options.check_numerics:
-        inst.append(NumericCheck(rtol=options.numeric_rtol, on_failure=options.on_numeric_failure))
+        inst.append(NumericCheck(rtol=options.numeric_rtol, on_failure=options.on_numeric_failure,
+                                 verdicts=check_cache.VerdictCache() if check_cache.enabled() else None))
     if options.print_after is not None:
         inst.append(PrintAfter(options.print_after))
     if options.verbose:

@@ -18,6 +18,7 @@ import torch
 import torch.fx
 from tabulate import tabulate
 
+from fxopt.check_cache import CheckChain, VerdictCache
 from fxopt.errors import AccuracyBudgetError, FxoptError, NumericsError, PassError, PipelineSpecError
 from fxopt.graph_pass import GraphPass, PassContext, PassResult
 from fxopt.ir.printer import format_graph
@@ -38,6 +39,7 @@ class PassRecord:
     reverted: str | None = None
     diagnostics: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # filled by instruments (e.g. cost deltas)
+    fingerprint: str = ""  # of the printed graph after the pass (before any revert): what it produced
 
 
 @dataclass
@@ -110,10 +112,11 @@ class PassManager:
         for inst in self.instruments:
             inst.before_pipeline(gm, base_ctx)
         snapshot_needed = any(i.wants_snapshot for i in self.instruments)
+        before_print = None
         for p, options in self.passes:
             ctx = PassContext(example_inputs=base_ctx.example_inputs, options=options)
             snapshot = _Snapshot(gm) if snapshot_needed else None
-            before_print = fingerprint(gm)
+            before_print = before_print or fingerprint(gm)  # the last pass's "after", unless it was reverted
             nodes_before = count_nodes(gm)
             for inst in self.instruments:
                 inst.before_pass(p, gm, ctx)
@@ -126,7 +129,8 @@ class PassManager:
                 raise PassError(f"pass {p.name!r} failed: {type(e).__name__}: {e}") from e
             seconds = time.perf_counter() - start
             result = result if isinstance(result, PassResult) else PassResult()
-            actually_changed = fingerprint(gm) != before_print
+            after_print = fingerprint(gm)
+            actually_changed = after_print != before_print
             if result.changed is False and actually_changed:
                 raise PassError(f"pass {p.name!r} reported changed=False but modified the graph; "
                                 "let the pass manager decide (return changed=None) or fix the flag.")
@@ -134,7 +138,8 @@ class PassManager:
                 gm.recompile()
                 mark_provenance(gm, p.name)
             record = PassRecord(p.name, actually_changed, dict(result.stats), seconds, nodes_before,
-                                count_nodes(gm), diagnostics=list(ctx.diagnostics))
+                                count_nodes(gm), diagnostics=list(ctx.diagnostics), fingerprint=after_print)
+            before_print = after_print
             for inst in self.instruments:
                 reason = _after_pass(inst, p, gm, ctx, record)
                 if reason and record.reverted is None:
@@ -142,6 +147,7 @@ class PassManager:
                         raise PassError(f"{type(inst).__name__} asked to revert pass {p.name!r} ({reason}), but no "
                                         "snapshot was taken: give the instrument wants_snapshot = True")
                     snapshot.restore(gm)
+                    before_print = None
                     record.reverted = reason
                     record.changed = False
                     record.nodes_after = count_nodes(gm)
@@ -286,16 +292,21 @@ class NumericCheck(Instrument):
     ``extra["max_rel_error"]`` (against what the pass was compared with) and ``extra["rel_error_vs_captured"]``.
     """
 
-    def __init__(self, rtol: float = 1e-4, on_failure: str = "raise"):
+    def __init__(self, rtol: float = 1e-4, on_failure: str = "raise", verdicts: VerdictCache | None = None):
         if on_failure not in ("raise", "skip"):
             raise ValueError(f"on_failure must be 'raise' or 'skip', got {on_failure!r}")
         self.rtol = rtol
         self.on_failure = on_failure
         self.wants_snapshot = on_failure == "skip"
+        # Verdicts of earlier compiles (fxopt.check_cache): a check whose key is found is not run again, and the
+        # reference is then computed only when a check misses, from the captured graph kept for it.
+        self.verdicts = verdicts
+        self.chain: CheckChain | None = None
+        self.captured_graph: torch.fx.GraphModule | None = None
         # Only the reference is held for exact pipelines (SmolLM2's logits are 50 MB); the captured outputs are
         # kept apart once a lossy pass replaces the reference, and the outputs before a lossy pass with its own
         # tolerance are taken just before it runs.
-        self.reference: list[torch.Tensor] = []
+        self.reference: list[torch.Tensor] | None = None  # None: not computed (yet)
         self.captured: list[torch.Tensor] | None = None
         self.before_lossy: list[torch.Tensor] | None = None
         self.worst: dict[str, float] = {}
@@ -311,32 +322,54 @@ class NumericCheck(Instrument):
     def before_pipeline(self, gm, ctx):
         if not ctx.example_inputs:
             raise ValueError("NumericCheck needs example inputs: give them to PassManager.run")
+        self.reference, self.captured, self.captured_graph = None, None, None
+        self.chain = CheckChain(gm, ctx.example_inputs, self.rtol) if self.verdicts is not None else None
+        if self.chain is not None and self.verdicts.get(self.chain.key) is not None:
+            self.captured_graph = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))  # shares gm's tensors
+            return
+        if self.chain is not None:
+            self.verdicts.put(self.chain.key, {"seen": 1.0})
+        self.reference = self._reference_runs(gm, ctx.example_inputs)
+
+    def _reference_runs(self, gm, inputs):
         # The process's first run of a GEMM can round differently from every later one (seen with MKL on
         # SmolLM2: 1.2e-4 relative, then bit-identical), so the reference is a second run.
-        self._run(gm, ctx.example_inputs)
-        self.reference = self._run(gm, ctx.example_inputs)
-        self.captured = None
+        self._run(gm, inputs)
+        return self._run(gm, inputs)
+
+    def _reference(self, inputs) -> list[torch.Tensor]:
+        if self.reference is None:  # skipped while the checks were found in the cache
+            self.reference = self._reference_runs(self.captured_graph, inputs)
+        return self.reference
 
     def before_pass(self, p, gm, ctx):
         self.before_lossy = self._run(gm, ctx.example_inputs) if isinstance(p.tolerance, float) else None
 
     def after_pass(self, p, gm, ctx, record):
-        against = self.before_lossy if self.before_lossy is not None else self.reference
+        against = self.before_lossy
         self.before_lossy = None
+        key = self.chain.advance(p.name, ctx.options, record.fingerprint or fingerprint(gm), lossy=p.lossy) \
+            if self.chain is not None else None
         if not record.changed:
             return None
+        cached = self.verdicts.get(key) if key else None
+        if cached is not None and "max_rel_error" in cached:
+            record.extra.update(cached, numerics="cached")
+            self.worst[p.name] = cached["max_rel_error"]
+            return None
+        against = against if against is not None else self._reference(ctx.example_inputs)
         try:
             outputs = self._run(gm, ctx.example_inputs)
         except Exception as e:  # noqa: BLE001 - the pass broke the graph: name it
             return self._fail(f"the graph no longer runs after pass {p.name!r}: {type(e).__name__}: {e}")
-        if len(outputs) != len(self.reference):
-            return self._fail(f"pass {p.name!r} changed the number of outputs from {len(self.reference)} "
+        if len(outputs) != len(against):
+            return self._fail(f"pass {p.name!r} changed the number of outputs from {len(against)} "
                               f"to {len(outputs)}")
         tolerance = p.tolerance if p.lossy else self.rtol
         errors = [relative_error(a, b) for a, b in zip(outputs, against)]
         worst = max(errors, default=0.0)
         record.extra["max_rel_error"] = worst
-        captured = self.captured if self.captured is not None else self.reference
+        captured = self.captured if self.captured is not None else self._reference(ctx.example_inputs)
         record.extra["rel_error_vs_captured"] = max((relative_error(a, b) for a, b in zip(outputs, captured)),
                                                     default=0.0)
         self.worst[p.name] = worst
@@ -347,12 +380,19 @@ class NumericCheck(Instrument):
             if p.lossy:
                 self.captured = captured
                 self.reference = outputs
+            elif key:
+                self.verdicts.put(key, {"max_rel_error": worst, "rel_error_vs_captured": record.extra["rel_error_vs_captured"]})
             return None
         index = errors.index(worst)
         kind = "its own tolerance" if p.lossy else "tolerance"
         base = "the graph before it" if p.lossy else "the reference (the graph before the pipeline or the last lossy pass)"
         return self._fail(f"pass {p.name!r} changed output {index} by {worst:.3g} relative to {base} "
                           f"({kind} {tolerance:g}); disable it with disable=[{p.name!r}] and report it")
+
+    def after_pipeline(self, gm, report):
+        self.captured_graph = None
+        if self.verdicts is not None:
+            self.verdicts.save()
 
     def _fail(self, message: str) -> str:
         if self.on_failure == "raise":
