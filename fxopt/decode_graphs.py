@@ -39,12 +39,13 @@ DEFAULT_MAX_CACHE_LEN = 512
 
 #: Precisions of the decode graph: its weights are read once per token, so their bytes set its speed. The prefill
 #: graph stays in the pipeline's precision (the first token is exact).
-DECODE_PRECISIONS = ("fp32", "int8-weight-only", "int4-weight-only")
+DECODE_PRECISIONS = ("fp32", "bf16", "int8-weight-only", "int4-weight-only")
 
 #: The pass each quantized decode precision adds (after fuse-sibling-linears, before select-gemm-backend), and its
 #: options. The LM head stays fp32: on SmolLM2 (8 chat prompts, 64 greedy tokens) int4 group-32 weights agreed with
 #: fp32 on 93% of tokens with the LM head in fp32, 31% with it in int4 and 76% with it in int8 per channel.
-_DECODE_PASS = {"int8-weight-only": ("quantize-weights-int8", {"skip": ["lm_head"]}),
+_DECODE_PASS = {"bf16": ("cast-linears-bf16", {"skip": ("lm_head",), "kernel": "auto"}),
+                "int8-weight-only": ("quantize-weights-int8", {"skip": ["lm_head"]}),
                 "int4-weight-only": ("quantize-weights-int4", {"skip": ["lm_head"]})}
 
 

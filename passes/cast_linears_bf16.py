@@ -7,7 +7,9 @@ accumulation (oneDNN, after Inductor's freezing packs the weight), casts the res
 bias in fp32. Only the linears change: LayerNorm/RMSNorm statistics, softmax and attention, residual additions
 and activations stay in fp32 — the casts sit at the region boundaries and fuse into the neighbouring pointwise
 kernels. ``only``/``skip`` select linears by weight name or module path substring (the precision planner,
-:mod:`fxopt.quant_planner`, fills ``only``).
+:mod:`fxopt.quant_planner`, fills ``only``). ``kernel="gemv"`` (``"auto"``: where the example has at most
+``GEMV_MAX_ROWS`` rows) keeps the rows fp32 and streams the bf16 weight through :mod:`fxopt.gemv` instead, converted
+in registers: a decode step reads half the bytes of fp32 with exact activations (``decode_precision="bf16"``).
 
 Lossy (``tolerance="budget"``): accuracy is held end to end by the planner or measured by ``fxopt bench``.
 
@@ -30,10 +32,14 @@ After::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+from fxopt import gemm_backends
+from fxopt.gemv import contiguous_strides, write_gemv
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
+from fxopt.ir.meta import rows_at_example
 from fxopt.passes.quantize_weights_int8 import rewrite_linears
 
 aten = torch.ops.aten
@@ -43,6 +49,9 @@ aten = torch.ops.aten
 class CastBf16Options:
     only: tuple[str, ...] = ()  # cast only linears whose weight name or module path contains one of these
     skip: tuple[str, ...] = ()  # keep these linears in fp32
+    # "gemm": bf16 rows × bf16 weight; "gemv": fp32 rows × the bf16 weight streamed by fxopt.gemv (a decode step:
+    # half the bytes of fp32, activations exact); "auto": gemv up to gemm_backends.GEMV_MAX_ROWS rows at the example
+    kernel: Literal["gemm", "gemv", "auto"] = "gemm"
 
 
 @graph_pass("cast-linears-bf16", options=CastBf16Options, level=2, tolerance="budget",
@@ -57,5 +66,15 @@ def cast_linears_bf16(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     def kernel(rw, rows, consts, before):
         return rw.call(aten.linear.default, (rows, consts[0]), before=before)
 
-    rw = rewrite_linears(gm, opts.skip, torch.bfloat16, kernel, constants, only=opts.only, precision="bf16")
+    def direct(rw, node, w, bias):
+        few_rows = rows_at_example(node, gm) <= gemm_backends.GEMV_MAX_ROWS
+        if opts.kernel == "gemm" or (opts.kernel == "auto" and not few_rows) or \
+                contiguous_strides(node.args[0].meta["val"]) is None:
+            return None
+        weight = rw.add_constant(f"{node.name}_bf16", lambda: w.to(torch.bfloat16), before=node, key=("bf16", w))
+        rw.count("gemv")
+        return write_gemv(rw, node, node.args[0], weight, bias), rw.constant(weight)
+
+    rw = rewrite_linears(gm, opts.skip, torch.bfloat16, kernel, constants, only=opts.only, precision="bf16",
+                         direct=direct)
     return rw.result()

@@ -6,6 +6,7 @@ import torch
 
 import fxopt
 from fxopt.decode_graphs import StaticCacheStep, cache_layout, step_inputs
+from fxopt.ir.printer import format_graph
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +135,21 @@ def test_each_graph_is_lowered_once(tiny, monkeypatch):
                            tiny.generate(input_ids=ids, max_new_tokens=8, do_sample=False))
     assert len(calls) == 3  # + prefill + decode, whatever the prompt length or batch
     assert compiled.generator.graphs.prefill.report.stages["target"] == ["select-gemm-backend"]
+
+
+@pytest.mark.parametrize("precision, pass_name", [("bf16", "cast-linears-bf16"),
+                                                   ("int8-weight-only", "quantize-weights-int8")])
+def test_a_decode_precision_changes_the_decode_graph_only(tiny, precision, pass_name):
+    """The decode graph's linears (LM head aside) run in ``precision``; the prefill graph stays fp32, so the first
+    new token is Hugging Face's."""
+    compiled = fxopt.compile(tiny, {"input_ids": torch.randint(4, 128, (1, 10))}, backend="eager", max_cache_len=64,
+                             decode_precision=precision)
+    graphs = compiled.prepare_generation().graphs
+    changed = {name: {r.name for r in g.report.pipeline.records if r.changed}
+               for name, g in (("prefill", graphs.prefill), ("decode", graphs.decode))}
+    assert pass_name in changed["decode"] and pass_name not in changed["prefill"]
+    assert "lm_head.weight = const : f32[" in format_graph(graphs.decode.graph_module)  # the LM head stays fp32
+    ids = torch.randint(4, 128, (2, 12))
+    got = compiled.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+    want = tiny.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+    assert got.shape == want.shape and torch.equal(got[:, :13], want[:, :13])

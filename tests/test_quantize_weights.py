@@ -107,3 +107,22 @@ def test_int4_pass_and_its_kernel_in_inductor():
     # random Gaussian weights lie on no 4-bit grid: each is off by up to half a step (1/30 of its group's range),
     # and three such layers compound; what matters is that the kernel ran and the error is of that order
     assert (out - ref).abs().max() / ref.abs().max() < 0.2
+
+
+def test_few_row_linears_run_as_a_bf16_gemv_in_inductor():
+    """decode_precision="bf16": Inductor streams the bf16 weights (no fp32 copy folded by freezing), fp32 rows."""
+    import copy
+
+    torch.manual_seed(0)
+    model = MLP().eval()
+    compiled, (code, *_) = run_and_get_code(
+        lambda: fxopt.compile(model, torch.randn(1, 1, 64), passes="eliminate-dead-nodes,cast-linears-bf16{kernel=auto}"))
+    assert "mkldnn._linear_pointwise" not in code and "extern_kernels.mm" not in code and "extern_kernels.addmm" not in code
+    assert code.count("device='cpu', dtype=torch.bfloat16)") == 3
+    assert compiled.report.pipeline.record("cast-linears-bf16").stats["gemv"] == 3
+    rounded = copy.deepcopy(model)  # the same bf16 weights, multiplied out in fp32
+    for linear in (rounded.up, rounded.down, rounded.head):
+        linear.weight.data = linear.weight.data.to(torch.bfloat16).float()
+    for batch in (1, 3):
+        x = torch.randn(batch, 1, 64)
+        torch.testing.assert_close(compiled(x), rounded(x), rtol=1e-4, atol=1e-5)

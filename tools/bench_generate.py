@@ -68,6 +68,7 @@ CONFIGS: dict[str, Callable] = {
     "HF eager (dynamic cache)": _hf_eager,
     "torch.compile static cache": _hf_static_compile,
     "fxopt fp32": _fxopt(),
+    "fxopt bf16 decode": _fxopt(decode_precision="bf16"),
     "fxopt int8 weight-only decode": _fxopt(decode_precision="int8-weight-only"),
     "fxopt int4 weight-only decode": _fxopt(decode_precision="int4-weight-only"),
 }
