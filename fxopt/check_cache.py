@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import tempfile
 from pathlib import Path
@@ -69,7 +70,7 @@ class CheckChain:
         h.update(f"{__version__}|{torch.__version__}|{machine_key().digest()}|{rtol!r}|".encode())
         h.update(format_graph(gm).encode())
         for node in gm.graph.find_nodes(op="get_attr"):
-            value = _attr(gm, node.target)
+            value = operator.attrgetter(node.target)(gm)
             h.update(node.target.encode())
             if isinstance(value, torch.Tensor):
                 tensor_digest(h, value)
@@ -129,9 +130,3 @@ class VerdictCache:
         except OSError:
             pass
 
-
-def _attr(gm: torch.nn.Module, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
