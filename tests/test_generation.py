@@ -98,6 +98,16 @@ def test_streamer_sees_prompt_then_each_token(compiled):
     assert [t[0] for t in seen[1:-1]] == out[0, 5:].tolist()
 
 
+def test_bench_clock_times_first_token_and_steps_inside_one_call(tiny, compiled):
+    """fxopt bench --generate stamps tokens with a streamer, the same way for Hugging Face's generate() and fxopt's."""
+    from fxopt.tools.bench_generate import _timed
+
+    ids = torch.randint(4, 128, (1, 5))
+    for generate in (tiny.generate, compiled.generate):
+        first, step, out = _timed(generate, input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        assert out.shape == (1, 9) and first > 0 and step > 0
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"num_beams": 4}, "does not support num_beams"),
     ({"repetition_penalty": 1.2, "output_scores": True}, "does not support output_scores, repetition_penalty"),
@@ -140,15 +150,20 @@ def test_each_graph_is_lowered_once(tiny, monkeypatch):
 @pytest.mark.parametrize("precision, pass_name", [("bf16", "cast-linears-bf16"),
                                                    ("int8-weight-only", "quantize-weights-int8")])
 def test_a_decode_precision_changes_the_decode_graph_only(tiny, precision, pass_name):
-    """The decode graph's linears (LM head aside) run in ``precision``; the prefill graph stays fp32, so the first
-    new token is Hugging Face's."""
+    """The decode graph's linears run in ``precision`` (bf16: the LM head aside; int8: in groups of 32, the LM
+    head included); the prefill graph stays fp32, so the first new token is Hugging Face's."""
     compiled = fxopt.compile(tiny, {"input_ids": torch.randint(4, 128, (1, 10))}, backend="eager", max_cache_len=64,
                              decode_precision=precision)
     graphs = compiled.prepare_generation().graphs
     changed = {name: {r.name for r in g.report.pipeline.records if r.changed}
                for name, g in (("prefill", graphs.prefill), ("decode", graphs.decode))}
     assert pass_name in changed["decode"] and pass_name not in changed["prefill"]
-    assert "lm_head.weight = const : f32[" in format_graph(graphs.decode.graph_module)  # the LM head stays fp32
+    decode = format_graph(graphs.decode.graph_module)
+    if precision == "bf16":
+        assert "lm_head.weight = const : f32[" in decode  # the LM head stays fp32
+    else:
+        assert "lm_head.weight" not in decode and "const : i8[128, 64]" in decode  # its int8 copy instead
+        assert graphs.decode.report.pipeline.record(pass_name).stats["gemv"] == 2 * 4 + 1  # 2 × (qkv, o, gate_up, down) + head
     ids = torch.randint(4, 128, (2, 12))
     got = compiled.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
     want = tiny.generate(input_ids=ids, max_new_tokens=6, do_sample=False)

@@ -76,6 +76,80 @@ def test_few_row_linears_run_as_an_int8_gemv_in_inductor():
         torch.testing.assert_close(compiled(x), dequantized(x), rtol=1e-4, atol=1e-5)
 
 
+def _on_gguf_grids(n=64, k=128, g=32):
+    """Weights as SmolLM2's GGUF stores them: a Q4_1-like one (``d * q + m`` per block, q in 0..15) and a
+    Q8_0-like one (``d * q`` per block, q in -127..127)."""
+    q4 = torch.randint(0, 16, (n, k // g, g))
+    q4[..., 0], q4[..., 1] = 0, 15
+    q4_1 = (q4 * (torch.rand(n, k // g, 1) * 0.01 + 1e-3) - torch.rand(n, k // g, 1) * 0.05).view(n, k)
+    q8 = torch.randint(-127, 128, (n, k // g, g))
+    q8[..., 0] = 127
+    q8_0 = (q8 * (torch.rand(n, k // g, 1) * 0.001 + 1e-4)).view(n, k)
+    return q4_1, q8_0
+
+
+def _dequantize(q, scales, zeros):
+    n, k = q.shape
+    w = q.float().view(n, scales.shape[1], -1) * scales[..., None]
+    return (w if zeros is None else w + zeros[..., None]).view(n, k)
+
+
+def test_int8_groups_recover_weights_on_gguf_grids_where_one_scale_per_row_does_not():
+    from fxopt.passes.quantize_weights_int8 import quantize_groups
+
+    torch.manual_seed(0)
+    q4_1, q8_0 = _on_gguf_grids()
+    for w, exact_scheme in ((q4_1, "asymmetric"), (q8_0, "symmetric")):
+        for scheme in (exact_scheme, "auto"):
+            q, scales, zeros = quantize_groups(w, 32, scheme)
+            assert q.dtype == torch.int8 and scales.shape == (64, 4)
+            assert (_dequantize(q, scales, zeros) - w).abs().max() <= 1e-6 * w.abs().max()
+        q, scales = quantize_per_channel(w)
+        assert (q.float() * scales[:, None] - w).norm() > 1e-3 * w.norm()
+    assert quantize_groups(q8_0, 32, "auto")[2] is None  # all groups symmetric: no zeros, no second reduction
+    gaussian = torch.randn(64, 128)  # on no grid: auto is at least as good as either scheme, group by group
+    errors = {s: (_dequantize(*quantize_groups(gaussian, 32, s)) - gaussian).square().sum().item()
+              for s in ("symmetric", "asymmetric", "auto")}
+    assert errors["auto"] <= min(errors["symmetric"], errors["asymmetric"])
+
+
+def test_grouped_int8_runs_as_a_gemv_on_int8_weights_in_inductor():
+    """Group-wise scales and zeros for a decode step: Inductor streams the int8 weights (no dequantized fp32
+    copy folded from the constants), and the result is the linear of the dequantized weights."""
+    import copy
+
+    from fxopt.passes.quantize_weights_int8 import quantize_groups
+
+    torch.manual_seed(0)
+    model = MLP().eval()
+    q4_1, _ = _on_gguf_grids(256, 64)
+    model.up.weight.data = q4_1
+    compiled, (code, *_) = run_and_get_code(lambda: fxopt.compile(
+        model, torch.randn(1, 1, 64), passes="eliminate-dead-nodes,quantize-weights-int8{group_size=32,scheme=auto}"))
+    assert "_weight_int8pack_mm" not in code and "mkldnn._linear_pointwise" not in code
+    assert "extern_kernels.addmm" not in code and code.count("device='cpu', dtype=torch.int8)") == 3
+    assert "(256, 64), (64, 1), device='cpu', dtype=torch.float32)" not in code  # up's weight: no fp32 copy
+    record = compiled.report.pipeline.record("quantize-weights-int8")
+    assert record.stats["gemv"] == 3 and record.stats["linears with asymmetric groups"] >= 1
+    dequantized = copy.deepcopy(model)
+    for linear in (dequantized.up, dequantized.down, dequantized.head):
+        linear.weight.data = _dequantize(*quantize_groups(linear.weight.data, 32, "auto"))
+    torch.testing.assert_close(dequantized.up.weight, model.up.weight, rtol=0, atol=1e-7)  # on its grid: exact
+    for batch in (1, 3):
+        x = torch.randn(batch, 1, 64)
+        torch.testing.assert_close(compiled(x), dequantized(x), rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_int8_leaves_what_it_cannot_group_in_fp32():
+    torch.manual_seed(0)
+    opts = fxopt.passes.quantize_weights_int8.make_options(group_size=48)  # divides none of 64 and 256
+    result = check_pass("quantize-weights-int8", MLP().eval(), torch.randn(1, 1, 64), options=opts, rtol=2e-2)
+    assert result.stats == {"kept fp32 (shape)": 3}
+    many_rows = check_pass("quantize-weights-int8", MLP().eval(), torch.randn(4, 10, 64),
+                           options=fxopt.passes.quantize_weights_int8.make_options(group_size=32), rtol=2e-2)
+    assert many_rows.stats == {"kept fp32 (shape)": 3}  # 40 rows: a gemv would read each weight 40 times
+
+
 def test_int4_groups_recover_weights_that_lie_on_a_4_bit_grid():
     from fxopt.passes.quantize_weights_int4 import pack_for_cpu, quantize_grouped
 

@@ -33,6 +33,7 @@ from tabulate import tabulate
 
 from fxopt import metrics
 from fxopt.pipeline import DEFAULT_PIPELINE
+from fxopt.tools import bench_onnx
 
 #: The shapes the benchmark runs: MiniLM batch 8 × 128 tokens, SmolLM2 prefill 1 × 256 tokens.
 WORKLOADS = {"minilm": (8, 128), "smollm2": (1, 256)}
@@ -133,6 +134,7 @@ CONFIGS: dict[str, Callable] = {
     "bf16 + torch.compile + freezing": bf16_compile_config,
     "torchao int8 dynamic + compile": torchao_int8_config,
     "PT2E static int8 (X86InductorQuantizer)": pt2e_static_int8_config,
+    **bench_onnx.CONFIGS,  # ONNX Runtime fp32 and int8, OpenVINO
     "fxopt": fxopt_config(),
     # the A/B that keeps select-gemm-backend honest: every linear left on oneDNN, as Inductor chooses
     "fxopt without select-gemm-backend": fxopt_config(disable=("select-gemm-backend",)),
@@ -144,8 +146,9 @@ CONFIGS: dict[str, Callable] = {
         [*DEFAULT_PIPELINE[:-1], "smooth-activations", "quantize-dynamic-int8{skip=[lm_head,down_proj]}",
          "cast-linears-bf16", DEFAULT_PIPELINE[-1]])),
 }
-#: the configurations a plain ``fxopt bench`` runs (the A/B above only on request)
-DEFAULT_CONFIGS = [c for c in CONFIGS if c != "fxopt without select-gemm-backend"]
+#: the configurations a plain ``fxopt bench`` runs (the A/B above only on request, the ONNX peers where installed)
+DEFAULT_CONFIGS = [c for c in CONFIGS if c != "fxopt without select-gemm-backend"
+                   and (c not in bench_onnx.CONFIGS or bench_onnx.installed(c))]
 
 
 @dataclass

