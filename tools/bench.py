@@ -411,19 +411,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"[bench] {machine_header()}", file=sys.stderr, flush=True)
     results = []
-    total = len(models_) * len(configs) * args.processes
+    per_model = len(configs) * args.processes
+    total = len(models_) * per_model
     done = 0
-    started = time.perf_counter()
-    for model_name in models_:
+    seconds: dict[str, list[float]] = {}  # each finished run's duration, per model
+    for m_index, model_name in enumerate(models_):
         runs: dict[str, list[Measurement]] = {c: [] for c in configs}
         for round_ in range(args.processes):  # configurations take turns, so slow spells hit them alike
             for config in configs:
                 of = f" (process {round_ + 1}/{args.processes})" if args.processes > 1 else ""
-                eta = (f", about {(time.perf_counter() - started) / done * (total - done) / 60:.0f} min left"
-                       if done else "")
+                left_here = per_model - len(seconds.get(model_name, []))
+                eta = _eta(seconds, model_name, left_here, per_model * (len(models_) - m_index - 1))
                 done += 1
                 print(f"[bench {done}/{total}{eta}] {model_name} / {config}{of} …", file=sys.stderr, flush=True)
+                start = time.perf_counter()
                 runs[config].append(run_isolated(model_name, config, args.reps, passes=args.passes, **shape))
+                seconds.setdefault(model_name, []).append(time.perf_counter() - start)
         results.extend(combine(runs[c]) if args.processes > 1 else runs[c][0] for c in configs)
     print(f"{machine_header()}\n\n{table(results)}")
     command = "fxopt bench " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
@@ -440,6 +443,17 @@ def main(argv: list[str] | None = None) -> int:
         plot_speedups(results, args.plot, title=machine_header())
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def _eta(seconds: dict[str, list[float]], model: str, left_here: int, left_after: int) -> str:
+    """", about N min left": this model's remaining runs at its own average so far (models differ by 5× here),
+    later models' runs at the average of every run; empty before the first run ends."""
+    every = [t for ts in seconds.values() for t in ts]
+    if not every:
+        return ""
+    here = seconds.get(model) or every
+    minutes = (left_here * sum(here) / len(here) + left_after * sum(every) / len(every)) / 60
+    return f", about {minutes:.0f} min left"
 
 
 def positive_int(text: str) -> int:
