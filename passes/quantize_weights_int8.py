@@ -1,4 +1,5 @@
-"""quantize-weights-int8: linear weights to int8 with one scale per output channel; activations stay fp32.
+"""quantize-weights-int8: linear weights to int8 with one scale per output channel (or per group of inputs, below);
+activations stay fp32.
 
 Decode reads every weight once per token, so its speed is bound by the bytes of the weights: int8 weights are a
 quarter of fp32's. Each linear's weight ``W`` (out × in) becomes ``q = round(W / s)`` clamped to [-127, 127] with

@@ -1,5 +1,5 @@
-"""Weight-only quantization passes: per-channel int8 (_weight_int8pack_mm) and grouped int4
-(_weight_int4pack_mm_for_cpu), both shown running in Inductor's code, within the accuracy their formats allow,
+"""Weight-only quantization passes: per-channel int8 (_weight_int8pack_mm or gemv), grouped int8 (gemv) and grouped
+int4 (_weight_int4pack_mm_for_cpu), each shown running in Inductor's code, within the accuracy their formats allow,
 with skip by name."""
 import torch
 from torch._inductor.utils import run_and_get_code
