@@ -204,7 +204,7 @@ def quantize_weights_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
     def kernel(rw, rows, consts, before):
         return rw.call(aten._weight_int8pack_mm.default, (rows, *consts), before=before)
 
-    timings = gemm_backends.GemmTimings() if opts.kernel == "measure" else None
+    timings = gemm_backends.GemmTimings() if opts.kernel == "measure" and not opts.group_size else None
 
     grouped: dict[int, tuple] = {}
 
