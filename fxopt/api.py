@@ -19,11 +19,13 @@ from fxopt.compiled_module import CompiledModule
 from fxopt.constant_pool import ConstantPool
 from fxopt.graph_pass import GraphPass
 from fxopt.decode_graphs import DEFAULT_MAX_CACHE_LEN, decode_pipeline
-from fxopt.generation import GenerationSetup, can_generate
+from fxopt.decode_guard import DEFAULT_DECODE_ACCURACY_BUDGET, example_prompt
+from fxopt.errors import FxoptError
+from fxopt.generation import CAUSAL_LM_GEMM_OPTIONS, GenerationSetup, can_generate
 from fxopt.ir.capture import CapturedModel, capture
 from fxopt.memory import trim_heap
 from fxopt.pass_manager import Instrument
-from fxopt.pipeline import build_pipeline
+from fxopt.pipeline import build_pipeline, with_options
 from fxopt import compression
 from fxopt import quantize as quantization
 from fxopt.layer_recovery import CALIBRATION_KEY
@@ -51,6 +53,7 @@ def compile(
     max_cache_len: int = DEFAULT_MAX_CACHE_LEN,
     max_batch: int = 16,
     decode_precision: str = "fp32",
+    decode_accuracy_budget: float = DEFAULT_DECODE_ACCURACY_BUDGET,
     quantize: str | None = None,
     calibration: Sequence[Any] | None = None,
     accuracy_budget: float | Mapping[str, float] | None = None,
@@ -70,7 +73,9 @@ def compile(
     For causal LMs, ``generate()`` runs prefill and decode graphs with a static KV cache of ``max_cache_len``
     slots for up to ``max_batch`` sequences, compiled through the same pipeline on its first call (or by
     ``compiled.prepare_generation()``); ``decode_precision="int8-weight-only"`` quantizes the decode graph's
-    weights (:data:`fxopt.decode_graphs.DECODE_PRECISIONS`).
+    weights (:data:`fxopt.decode_graphs.DECODE_PRECISIONS`); before the first ``generate()`` a lossy decode graph's
+    next tokens must agree with the fp32 model's on at least ``decode_accuracy_budget`` of the example prompt's
+    positions (:mod:`fxopt.decode_guard`).
     ``quantize`` runs the linears in lower precision under an accuracy budget (:mod:`fxopt.quant_planner`):
     ``"int8"`` (int8 GEMMs, per-token dynamic activation scales), ``"bf16"``, ``"auto"`` (per linear int8, bf16
     or fp32, planned to hold the budget) or ``"int8-weight-only"``. ``calibration``: example inputs (a list of
@@ -83,7 +88,11 @@ def compile(
     """
     args, kwargs = _split_example(example_inputs, example_kwargs)
     pipeline = build_pipeline(passes, opt_level=opt_level, disable=disable)  # a bad spec fails before capture
+    if passes is None and can_generate(model):  # weights held once by its three graphs
+        pipeline = with_options(pipeline, "select-gemm-backend", **CAUSAL_LM_GEMM_OPTIONS)
     decode_pipeline(pipeline, decode_precision)  # ... and so does an unknown decode precision
+    if not 0 <= decode_accuracy_budget <= 1:
+        raise FxoptError(f"decode_accuracy_budget is a fraction of tokens, in [0, 1]; got {decode_accuracy_budget}")
     quantization.check_request(quantize, accuracy_budget, calibration, compress=bool(compress))  # ... a bad request
     compression.check_request(compress)
     options = CompileOptions(backend=backend, check_numerics=check_numerics, numeric_rtol=numeric_rtol,
@@ -109,7 +118,9 @@ def compile(
         quantization.verify_compiled(graph, batches)  # the budget, on the real kernels; the plan into the report
     pool.release()  # the compiled code holds what it needs; nothing else keeps fxopt-made constants alive
     trim_heap()  # give the compilation's freed memory back to the OS (SmolLM2: 1,961 → 1,612 MB resident)
-    generation = (GenerationSetup(model, pipeline, options, max_cache_len, max_batch, decode_precision)
+    # the generation graphs reuse what the forward graph's code still holds (packed weights: one copy, not two)
+    generation = (GenerationSetup(model, pipeline, options, max_cache_len, max_batch, decode_precision, pool,
+                                  example_prompt(args, kwargs), decode_accuracy_budget)
                   if can_generate(model) else None)
     return CompiledModule(model, graph, generation)
 

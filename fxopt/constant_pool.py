@@ -16,6 +16,7 @@ carries it in ``gm.meta["fxopt.constant_pool"]``. A graph without a pool builds 
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -45,6 +46,7 @@ class ConstantPool:
 
     def __init__(self):
         self._items: dict[tuple, tuple[torch.Tensor, tuple]] = {}
+        self._kept: dict[tuple, tuple[weakref.ref, tuple]] = {}  # released constants the compiled code still holds
         self.built = 0
         self.reused = 0
         self.released_bytes = 0
@@ -52,6 +54,11 @@ class ConstantPool:
     def get(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         k = _key_part(tuple(key))
         hit = self._items.get(k)
+        if hit is None and k in self._kept:
+            ref, sources = self._kept.pop(k)
+            alive = ref()
+            if alive is not None:
+                hit = self._items[k] = (alive, sources)
         if hit is not None:
             self.reused += 1
             return hit[0]
@@ -69,8 +76,15 @@ class ConstantPool:
         return sum(t.numel() * t.element_size() for t, _ in self._items.values())
 
     def release(self) -> int:
-        """Drop the pool's references (the compiled code keeps what it uses); returns the bytes it held."""
+        """Drop the pool's references (the compiled code keeps what it uses); returns the bytes it held.
+
+        The pool still finds a released constant while something else (a compiled graph) holds it: a graph
+        compiled later from the same weights (a causal LM's prefill and decode graphs, compiled on the first
+        ``generate()`` after the forward graph) reuses it instead of building a second copy. It keeps the
+        constant's source tensors alive for that, which are the model's own weights (alive anyway)."""
         held = self.nbytes
+        for k, (tensor, sources) in self._items.items():
+            self._kept[k] = (weakref.ref(tensor), sources)
         self._items.clear()
         self.released_bytes += held
         return held

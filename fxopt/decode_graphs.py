@@ -177,8 +177,10 @@ def decode_pipeline(pipeline: Sequence[tuple[GraphPass, Any]], precision: str) -
 
 def compile_generation_graphs(model: torch.nn.Module, pipeline: Sequence[tuple[GraphPass, Any]],
                               options: CompileOptions | None = None, *, max_cache_len: int = DEFAULT_MAX_CACHE_LEN,
-                              max_batch: int = 16, decode_precision: str = "fp32") -> GenerationGraphs:
-    """Capture, optimize and lower the prefill and decode graphs of ``model`` (one constant pool for both)."""
+                              max_batch: int = 16, decode_precision: str = "fp32",
+                              pool: ConstantPool | None = None) -> GenerationGraphs:
+    """Capture, optimize and lower the prefill and decode graphs of ``model`` (one constant pool for both; give
+    the forward graph's ``pool`` and they also reuse the constants its compiled code holds)."""
     decode_passes = decode_pipeline(pipeline, decode_precision)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if isinstance(max_pos, int) and max_cache_len > max_pos:
@@ -195,7 +197,7 @@ def compile_generation_graphs(model: torch.nn.Module, pipeline: Sequence[tuple[G
                       "seq": (1, max_cache_len)}, dim_axes=_dim_axes(prefill=True))
     decode = capture(step, (), step_inputs(layout, 1, 1, filled=example_prompt), dims={"batch": (1, max_batch)},
                      dim_axes=_dim_axes(prefill=False))
-    pool = ConstantPool()
+    pool = pool if pool is not None else ConstantPool()
     graphs = GenerationGraphs(
         prefill=compile_graph(prefill, pipeline, options, pool=pool, name=f"{type(model).__name__} prefill"),
         decode=compile_graph(decode, decode_passes, options, pool=pool, name=f"{type(model).__name__} decode"),

@@ -146,8 +146,10 @@ def check_request(input_ids, attention_mask, kwargs: dict, generation_config, *,
 class Generator:
     """Runs generation over compiled prefill and decode graphs (see the module docstring)."""
 
-    def __init__(self, graphs: GenerationGraphs, generation_config, vocab_size: int | None = None):
+    def __init__(self, graphs: GenerationGraphs, generation_config, vocab_size: int | None = None,
+                 accuracy=None):
         self.graphs = graphs
+        self.accuracy = accuracy  # what the decode precision's guard measured (fxopt.decode_guard), or None
         self.generation_config = copy.deepcopy(generation_config)
         self.vocab_size = vocab_size
         self.last_stats = GenerationStats()
@@ -242,6 +244,14 @@ def can_generate(model: torch.nn.Module) -> bool:
     return bool(callable(check) and check())
 
 
+#: select-gemm-backend's options in a causal LM's default pipeline. Its forward, prefill and decode graphs read
+#: the same weights, and memory is what limits an LLM on a CPU, so no linear runs on a packed second copy of its
+#: weight (``copy_margin=1``: the copy would have to take no time). On an Intel Xeon host where MKL's packed GEMMs
+#: beat oneDNN on the plain weight by 1.3–1.4× at 64 rows, the copies were 540 MB for SmolLM2 and its compiled
+#: model generated at 2.1× eager's peak memory (BENCHMARKS.md). An explicit ``passes=`` pipeline runs as given.
+CAUSAL_LM_GEMM_OPTIONS = {"copy_margin": 1.0}
+
+
 @dataclass
 class GenerationSetup:
     """What ``generate()`` compiles on its first call: the model, the pipeline and the cache's size."""
@@ -252,6 +262,9 @@ class GenerationSetup:
     max_cache_len: int
     max_batch: int
     decode_precision: str = "fp32"
+    pool: object = None  # the forward graph's (released) constant pool, so constants are built once
+    example_ids: torch.Tensor | None = None  # the compile example's prompt: what the decode guard measures on
+    decode_accuracy_budget: float = 0.9  # see fxopt.decode_guard
 
     @property
     def vocab_size(self) -> int | None:
@@ -268,12 +281,15 @@ class GenerationSetup:
     def build(self) -> Generator:
         """Compile the prefill and decode graphs and return the loop that runs them."""
         from fxopt.decode_graphs import compile_generation_graphs
+        from fxopt.decode_guard import guard
         from fxopt.memory import trim_heap
 
         graphs = compile_generation_graphs(self.model, self.pipeline, self.options, max_cache_len=self.max_cache_len,
-                                           max_batch=self.max_batch, decode_precision=self.decode_precision)
+                                           max_batch=self.max_batch, decode_precision=self.decode_precision,
+                                           pool=self.pool)
         trim_heap()
-        return Generator(graphs, self.model.generation_config, self.vocab_size)
+        accuracy = guard(self.model, graphs, self.example_ids, self.decode_precision, self.decode_accuracy_budget)
+        return Generator(graphs, self.model.generation_config, self.vocab_size, accuracy)
 
 
 def hf_generate(original: torch.nn.Module, forward, *args, **kwargs):

@@ -31,3 +31,29 @@ def trim_heap(collect: bool = True) -> bool:
         gc.collect()
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0))
+
+
+def reset_peak_rss() -> bool:
+    """Start measuring the process's peak resident memory anew (Linux: ``/proc/self/clear_refs``), so that
+    :func:`peak_rss_mb` tells the peak of what runs next (a compiled model generating) apart from the compile's;
+    False where the OS does not offer it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory in MB since it started or since :func:`reset_peak_rss`."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -244,3 +244,10 @@ def build_pipeline(
         raise PipelineSpecError(f"disable names passes that are not in the pipeline: {unknown}; "
                                 f"the pipeline has {[p.name for p, _ in resolved]}")
     return [(p, o) for p, o in resolved if p.name not in set(disable)]
+
+
+def with_options(pipeline: Sequence[tuple[GraphPass, Any]], name: str, **changes) -> list[tuple[GraphPass, Any]]:
+    """``pipeline`` with ``changes`` made to the options of the pass ``name`` (unchanged where it is absent)."""
+    import dataclasses
+
+    return [(p, dataclasses.replace(o, **changes) if p.name == name else o) for p, o in pipeline]

@@ -11,7 +11,8 @@ following activation or residual add. The choice per shape is listed in the comp
 Weights held once is what brings fxopt's memory to torch.compile's: compiling and running SmolLM2 1 × 256 peaked
 at 2,072 MB with packed copies and 1,409 MB without (torch.compile static + freezing: 1,245 MB), and fxopt went
 from 1.32× to 1.27× eager in that run (AMD EPYC, BENCHMARKS.md; the plain weight costs oneDNN 3–6% at 256 and
-1,024 rows and 14–20% at 64 in a quiet micro-benchmark). ``copy_margin=0`` takes the fastest library whatever it holds. oneDNN's packed
+1,024 rows and 14–20% at 64 in a quiet micro-benchmark). ``copy_margin=0`` takes the fastest library whatever it holds; ``copy_margin=1`` never
+holds a copy, which is what a causal LM's default pipeline uses (:data:`fxopt.generation.CAUSAL_LM_GEMM_OPTIONS`). oneDNN's packed
 weights are also left out by default (``cacheable``): Inductor bypasses its FX graph cache for any graph that holds
 one, so a single packed pooler made every later compile of MiniLM lower the whole graph again (a warm compile took
 9.7 s of a cold one's 17.5 with it, 8.3 of 18.3 without). ``copy_margin=0,cacheable=false`` is the previous

@@ -29,6 +29,7 @@ def test_passes_lists_the_default_pipeline():
     (("optimize", "minilm", "--reps", "0"), "--reps must be at least 1"),
     (("frobnicate",), "invalid choice: 'frobnicate'"),
     (("generate", "smollm2", "hi", "--max-new-tokens", "0"), "--max-new-tokens must be at least 1"),
+    (("generate", "smollm2", "hi", "--decode-precision", "int3"), "invalid choice: 'int3'"),
     (("bench", "--generate", "--configs", "vllm"), "unknown configuration ['vllm']"),
     (("optimize", "minilm", "--save", "/nonexistent/dir/m.fxopt"), "--save: the folder /nonexistent/dir does not"),
     (("optimize", "minilm", "--save", "README.md"), "--save: README.md exists and is not an fxopt artifact"),

@@ -56,6 +56,19 @@ def test_two_graphs_share_the_pool_when_the_model_keeps_its_weights():
     assert pool.release() > 0 and len(pool) == 0
 
 
+def test_a_released_pool_finds_what_compiled_code_still_holds():
+    """A causal LM's generation graphs are compiled after the forward graph's pool was released: a constant the
+    forward graph still holds (a packed weight) is reused, one nothing holds any more is built again."""
+    pool, weight = ConstantPool(), torch.randn(4, 4)
+    held = pool.get(("pack", weight), lambda: weight * 2)
+    dropped = pool.get(("other", weight), lambda: weight * 3)
+    assert pool.release() > 0 and len(pool) == 0
+    del dropped
+    assert pool.get(("pack", weight), lambda: weight * 5) is held
+    assert torch.equal(pool.get(("other", weight), lambda: weight * 7), weight * 7)
+    assert pool.built == 3 and pool.reused == 1
+
+
 def test_without_a_pool_each_graph_builds_its_own():
     model = _tiny_llama()
     cap = capture(model, (), {"input_ids": torch.randint(0, 128, (2, 12))})

@@ -132,11 +132,13 @@ def test_a_request_that_cannot_fit_fails_before_anything_is_compiled(tiny, monke
 
 
 def test_each_graph_is_lowered_once(tiny, monkeypatch):
-    import torch._inductor.compile_fx as inductor
+    import fxopt.compiled_graph as compiled_graph
 
+    # fxopt's lowering calls, not Inductor's compile_fx: select-gemm-backend compiles its GEMV candidate with
+    # compile_fx to time it, on shapes its timing cache does not hold yet
     calls = []
-    original = inductor.compile_fx
-    monkeypatch.setattr(inductor, "compile_fx", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = compiled_graph.lower
+    monkeypatch.setattr(compiled_graph, "lower", lambda *a, **k: calls.append(1) or original(*a, **k))
     compiled = fxopt.compile(tiny, {"input_ids": torch.randint(4, 128, (1, 10))}, max_cache_len=48)
     assert len(calls) == 1  # the forward graph
     for batch, prompt in ((1, 3), (1, 17), (2, 9), (3, 30)):
@@ -147,14 +149,27 @@ def test_each_graph_is_lowered_once(tiny, monkeypatch):
     assert compiled.generator.graphs.prefill.report.stages["target"] == ["select-gemm-backend"]
 
 
+def test_a_causal_lm_runs_its_linears_on_the_models_own_weights(tiny, compiled):
+    """Three graphs read a causal LM's weights: its default pipeline never packs a second copy of one
+    (copy_margin=1), whatever this machine's timings say; a spec that names the pass keeps its own options."""
+    graphs = compiled.prepare_generation().graphs
+    for report in (compiled.report, graphs.prefill.report, graphs.decode.report):
+        assert "select-gemm-backend{copy_margin=1.0}" in report.spec
+        assert "mkl" not in report.pipeline.record("select-gemm-backend").stats
+    own = fxopt.compile(tiny, {"input_ids": torch.randint(4, 128, (1, 10))}, backend="eager",
+                        passes="select-gemm-backend{backend=mkl}")
+    assert own.report.spec == "select-gemm-backend{backend=mkl}"
+
+
 @pytest.mark.parametrize("precision, pass_name", [("bf16", "cast-linears-bf16"),
                                                    ("int8-weight-only", "quantize-weights-int8")])
 def test_a_decode_precision_changes_the_decode_graph_only(tiny, precision, pass_name):
     """The decode graph's linears run in ``precision`` (bf16: the LM head aside; int8: in groups of 32, the LM
     head included); the prefill graph stays fp32, so the first new token is Hugging Face's."""
     compiled = fxopt.compile(tiny, {"input_ids": torch.randint(4, 128, (1, 10))}, backend="eager", max_cache_len=64,
-                             decode_precision=precision)
+                             decode_precision=precision, decode_accuracy_budget=0.0)  # random logits: near ties
     graphs = compiled.prepare_generation().graphs
+    assert compiled.generator.accuracy.positions == 9  # measured on the example prompt, not enforced
     changed = {name: {r.name for r in g.report.pipeline.records if r.changed}
                for name, g in (("prefill", graphs.prefill), ("decode", graphs.decode))}
     assert pass_name in changed["decode"] and pass_name not in changed["prefill"]
@@ -168,3 +183,33 @@ def test_a_decode_precision_changes_the_decode_graph_only(tiny, precision, pass_
     got = compiled.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
     want = tiny.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
     assert got.shape == want.shape and torch.equal(got[:, :13], want[:, :13])
+
+
+def test_the_decode_guard_measures_teacher_forced_agreement(tiny, compiled):
+    """fp32 graphs agree with the model on every position of the prompt; the guard measures a lossy decode graph
+    before generate() runs it, and refuses one under its budget with what it measured and what to do."""
+    from fxopt.decode_guard import example_prompt, guard, teacher_forced_agreement
+
+    padded, mask = _left_padded([5, 9, 22], [7, 8, 9, 10, 11])
+    assert example_prompt((), {"input_ids": padded, "attention_mask": mask}).tolist() == [[5, 9, 22]]
+    assert example_prompt((padded,), {}).shape == (1, 5) and example_prompt((), {}) is None
+
+    graphs = compiled.prepare_generation().graphs
+    ids = torch.randint(4, 128, (1, 20))
+    assert teacher_forced_agreement(tiny, graphs, ids) == (1.0, 19)
+    assert guard(tiny, graphs, ids, "fp32", 0.9) is None and compiled.generator.accuracy is None
+
+    class Scrambled:  # a decode graph whose tokens are noise
+        layout, prefill = graphs.layout, graphs.prefill
+
+        @staticmethod
+        def decode(*args):
+            return (torch.randn(1, 128),)
+
+    torch.manual_seed(0)
+    with pytest.raises(fxopt.AccuracyBudgetError, match=r"decode graph in int8-weight-only: \d+% of 19 .*"
+                                                        r"decode_precision='bf16'"):
+        guard(tiny, Scrambled, ids, "int8-weight-only", 0.9)
+    assert guard(tiny, Scrambled, ids, "int8-weight-only", 0.0).positions == 19
+    with pytest.raises(fxopt.FxoptError, match="decode_accuracy_budget is a fraction"):
+        fxopt.compile(tiny, {"input_ids": ids}, backend="eager", decode_accuracy_budget=90)

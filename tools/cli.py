@@ -25,6 +25,7 @@ import sys
 
 from tabulate import tabulate
 
+from fxopt.decode_graphs import DECODE_PRECISIONS
 from fxopt.quant_planner import MODES
 from fxopt.tools.bench import positive_int
 
@@ -84,7 +85,7 @@ def _save(compiled, args) -> None:
 CHAT_CACHE_LEN = 1024
 
 
-def _load_causal_lm(name: str):
+def _load_causal_lm(name: str, decode_precision: str = "fp32"):
     from pathlib import Path
 
     from fxopt.models import load
@@ -93,6 +94,10 @@ def _load_causal_lm(name: str):
     if (Path(name) / "manifest.json").is_file():  # a saved artifact: no compilation
         from types import SimpleNamespace
 
+        if decode_precision != "fp32":
+            print(f"fxopt: error: --decode-precision applies to a compile; the artifact {name} keeps the precision "
+                  "it was saved with", file=sys.stderr)
+            raise SystemExit(2)
         loaded = fxopt.load(name)
         if loaded.tokenizer is None or not loaded.manifest.get("generation"):
             print(f"fxopt: error: the artifact {name} needs its tokenizer and generation graphs; save it with "
@@ -108,7 +113,8 @@ def _load_causal_lm(name: str):
     real = load(name)
     print(f"[fxopt] compiling {name}'s forward, prefill and decode graphs (about a minute each)…", file=sys.stderr,
           flush=True)
-    compiled = fxopt.compile(real.model, real.inputs(1, 32), max_cache_len=CHAT_CACHE_LEN)
+    compiled = fxopt.compile(real.model, real.inputs(1, 32), max_cache_len=CHAT_CACHE_LEN,
+                             decode_precision=decode_precision)
     compiled.prepare_generation()
     return real, compiled
 
@@ -131,13 +137,13 @@ def _answer(real, compiled, text: str, args) -> None:
 
 
 def _generate(args) -> int:
-    real, compiled = _load_causal_lm(args.model)
+    real, compiled = _load_causal_lm(args.model, args.decode_precision)
     _answer(real, compiled, args.prompt, args)
     return 0
 
 
 def _chat(args) -> int:
-    real, compiled = _load_causal_lm(args.model)
+    real, compiled = _load_causal_lm(args.model, args.decode_precision)
     print("[fxopt] ready: type a prompt and press Enter (an empty line or Ctrl-D ends)", file=sys.stderr, flush=True)
     for line in sys.stdin:
         if not line.strip():
@@ -153,6 +159,9 @@ def _add_generation_options(p) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="with --sample (default 0.7)")
     p.add_argument("--top-p", type=float, default=0.9, help="with --sample (default 0.9)")
     p.add_argument("--raw", action="store_true", help="do not wrap the prompt in the model's chat template")
+    p.add_argument("--decode-precision", choices=DECODE_PRECISIONS, default="fp32",
+                   help="weights of the decode graph (default fp32; int8-weight-only decodes several times faster, "
+                        "checked against fp32's tokens before the first answer)")
 
 
 def _cache(args) -> int:
