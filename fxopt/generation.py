@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from fxopt.decode_graphs import GenerationGraphs
+from fxopt.decode_guard import DEFAULT_DECODE_ACCURACY_BUDGET
 from fxopt.errors import InputError
 
 #: The ``generate()`` arguments fxopt honours; any other is refused by name.
@@ -264,7 +265,7 @@ class GenerationSetup:
     decode_precision: str = "fp32"
     pool: object = None  # the forward graph's (released) constant pool, so constants are built once
     example_ids: torch.Tensor | None = None  # the compile example's prompt: what the decode guard measures on
-    decode_accuracy_budget: float = 0.9  # see fxopt.decode_guard
+    decode_accuracy_budget: float = DEFAULT_DECODE_ACCURACY_BUDGET
 
     @property
     def vocab_size(self) -> int | None:
