@@ -3,7 +3,7 @@
     compiled = fxopt.compile(model, example_inputs)      # capture → passes → Inductor
     compiled(**inputs)                                    # same outputs as model(**inputs)
 
-Public API: :func:`compile`; one graph at a time: :func:`compile_graph` (with a :class:`ConstantPool`
+Public API: :func:`compile`; a causal LM's generation graphs only: :func:`compile_generator`; one graph at a time: :func:`compile_graph` (with a :class:`ConstantPool`
 shared by a model's graphs); writing passes: :func:`graph_pass`, :func:`node_rewrite`,
 :class:`Rewriter`, :class:`PassResult`, :func:`pattern_pass`; adding them to the default pipeline:
 :func:`register_pass`; running them: :class:`PassManager` and its instruments; saved artifacts: :func:`save` and :func:`load`;
@@ -20,13 +20,14 @@ from fxopt.registry import register_pass, unregister_pass
 from fxopt.constant_pool import ConstantPool
 from fxopt.compiled_graph import CompiledGraph, CompileOptions, compile_graph
 from fxopt.api import CompileReport, compile  # noqa: A004 - fxopt.compile is the product's name
+from fxopt.generator_compile import compile_generator
 from fxopt.artifact import load, save
 from fxopt import passes  # noqa: E402,F401 - the pass library, after the API it is written with
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "compile", "CompileReport", "save", "load",
+    "compile", "compile_generator", "CompileReport", "save", "load",
     "graph_pass", "node_rewrite", "pattern_pass", "PatternRule", "PatternError", "Match", "GraphPass", "PassContext", "PassResult", "Rewriter",
     "PassManager", "Instrument", "NumericCheck", "PrintAfter", "Timing", "Verify",
     "DEFAULT_PIPELINE", "default_pipeline", "build_pipeline", "parse_spec", "format_spec", "register_pass",

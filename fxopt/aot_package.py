@@ -42,7 +42,7 @@ def portable_graph_module(graph: CompiledGraph) -> torch.fx.GraphModule:
     gm.meta[POOL_KEY] = ConstantPool()
     try:
         PassManager(split_stages(graph.pipeline)["portable"], [Verify(deep=False)]).run(
-            gm, graph.captured.example_inputs)
+            gm, graph.captured.examples())
     finally:
         del gm.meta[POOL_KEY]
     return gm
@@ -62,7 +62,7 @@ def compile_package(gm: torch.fx.GraphModule, captured: CapturedModel, path: Pat
 
     start = time.perf_counter()
     with torch.no_grad():
-        exported = torch.export.export(gm, tuple(captured.example_inputs), dynamic_shapes=dynamic_shapes(captured),
+        exported = torch.export.export(gm, tuple(captured.examples()), dynamic_shapes=dynamic_shapes(captured),
                                        strict=False)
         aoti_compile_and_package(exported, package_path=str(path), inductor_configs={"freezing": True})
     return time.perf_counter() - start

@@ -18,14 +18,13 @@ from fxopt.compiled_graph import CompileOptions, compile_graph
 from fxopt.compiled_module import CompiledModule
 from fxopt.constant_pool import ConstantPool
 from fxopt.graph_pass import GraphPass
-from fxopt.decode_graphs import DEFAULT_MAX_CACHE_LEN, decode_pipeline
+from fxopt.decode_graphs import DEFAULT_MAX_CACHE_LEN
 from fxopt.decode_guard import DEFAULT_DECODE_ACCURACY_BUDGET, example_prompt
-from fxopt.errors import FxoptError
-from fxopt.generation import CAUSAL_LM_GEMM_OPTIONS, GenerationSetup, can_generate
+from fxopt.generation import GenerationSetup, can_generate
+from fxopt.generator_compile import generation_pipeline
 from fxopt.ir.capture import CapturedModel, capture
 from fxopt.memory import trim_heap
 from fxopt.pass_manager import Instrument
-from fxopt.pipeline import build_pipeline, with_options
 from fxopt import compression
 from fxopt import quantize as quantization
 from fxopt.layer_recovery import CALIBRATION_KEY
@@ -87,12 +86,9 @@ def compile(
     spectrum is measured faster; both refit on ``calibration`` (default: the example inputs).
     """
     args, kwargs = _split_example(example_inputs, example_kwargs)
-    pipeline = build_pipeline(passes, opt_level=opt_level, disable=disable)  # a bad spec fails before capture
-    if passes is None and can_generate(model):  # weights held once by its three graphs
-        pipeline = with_options(pipeline, "select-gemm-backend", **CAUSAL_LM_GEMM_OPTIONS)
-    decode_pipeline(pipeline, decode_precision)  # ... and so does an unknown decode precision
-    if not 0 <= decode_accuracy_budget <= 1:
-        raise FxoptError(f"decode_accuracy_budget is a fraction of tokens, in [0, 1]; got {decode_accuracy_budget}")
+    # a bad spec, decode precision or budget fails before capture
+    pipeline = generation_pipeline(model, passes, opt_level=opt_level, disable=disable,
+                                   decode_precision=decode_precision, decode_accuracy_budget=decode_accuracy_budget)
     quantization.check_request(quantize, accuracy_budget, calibration, compress=bool(compress))  # ... a bad request
     compression.check_request(compress)
     options = CompileOptions(backend=backend, check_numerics=check_numerics, numeric_rtol=numeric_rtol,

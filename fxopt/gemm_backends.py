@@ -28,7 +28,9 @@ one entry per (rows, in, out, bias); ``fxopt cache clear`` deletes them.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -191,6 +193,20 @@ class GemmTimings:
         return self.table[key]
 
     def save(self) -> None:
-        if self.measured:
+        """Merge this compile's timings into the file, atomically: processes compiling at once (test workers,
+        a server's replicas) never read a half-written cache. A failure to write only loses the cache."""
+        if not self.measured:
+            return
+        try:
+            table = json.loads(self.path.read_text()) if self.path.exists() else {}
+        except (OSError, ValueError):
+            table = {}
+        table.update(self.table)
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps(self.table, indent=1, sort_keys=True))
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".gemm-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(table, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass

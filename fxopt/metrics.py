@@ -8,6 +8,11 @@ Three metrics, each a plain function of outputs (so the planner, the tests and `
   *relative increase* over the fp32 model's perplexity (``0.02`` = +2%).
 * ``next_token_agreement`` — causal LMs: the fraction of positions whose top-1 next token matches fp32's.
 
+:func:`decisive_positions` picks the positions where fp32 itself is sure of its top-1 token. Where it is not (its
+top two logits within a fraction of a logit), any lossy mode flips the choice at random from host to host: on
+SmolLM2, fp32's first answer to "What is the capital of France?" is "The" by 0.08 logits over "L" (which goes on
+"L'Étoile, …"), so whether a quantized model's free-running answer names Paris is a coin flip on that token.
+
 Accuracy is measured on text the calibration never saw. Calibration and compile examples come from
 ``fxopt/data/sample_text.txt``; :func:`evaluation_text` is an English text that ships with every Python
 (its ``LICENSE.txt``) and :func:`evaluation_sentences` splits it into sentences.
@@ -119,6 +124,12 @@ def perplexity(logits_fn: Callable[[torch.Tensor], torch.Tensor], tokenizer, tex
 def next_token_agreement(reference_logits: torch.Tensor, candidate_logits: torch.Tensor) -> float:
     """Fraction of positions where both logits pick the same top-1 token."""
     return (reference_logits.argmax(-1) == candidate_logits.argmax(-1)).float().mean().item()
+
+
+def decisive_positions(reference_logits: torch.Tensor, min_margin: float = 1.0) -> torch.Tensor:
+    """Boolean mask of the positions where the reference's top-1 logit leads its second by ``min_margin`` or more."""
+    top2 = reference_logits.float().topk(2, dim=-1).values
+    return (top2[..., 0] - top2[..., 1]) >= min_margin
 
 
 def within(metric: str, value: float, bound: float, reference: float | None = None) -> bool:

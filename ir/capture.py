@@ -20,7 +20,7 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.fx
@@ -77,7 +77,7 @@ class CapturedModel:
     out_spec: pytree.TreeSpec
     slots: list[InputSlot]
     dims: dict[str, DimRange]
-    example_inputs: list[torch.Tensor]
+    example_inputs: list[torch.Tensor]  # None where release_examples dropped one: use examples()
     signature: inspect.Signature
     capture_seconds: float
     notes: list[str] = field(default_factory=list)
@@ -85,6 +85,28 @@ class CapturedModel:
     #: The ExportedProgram the graph came from (shares the model's weights): what a saved artifact needs to
     #: re-run the portable pipeline elsewhere.
     exported: torch.export.ExportedProgram | None = None
+    #: Shape and dtype of the example tensors :meth:`release_examples` dropped (None: kept), by position.
+    released_examples: list[tuple[torch.Size, torch.dtype] | None] | None = None
+
+    def release_examples(self, positions: Sequence[int]) -> int:
+        """Drop the example tensors at ``positions`` once the graph is compiled; :meth:`examples` gives zeros of
+        their shapes from then on. For examples whose values no longer matter, such as a static KV cache
+        (SmolLM2's at 384 slots: 34 MB a graph). Returns the bytes dropped."""
+        released = [(t.shape, t.dtype) if i in positions else None for i, t in enumerate(self.example_inputs)]
+        freed = sum(t.untyped_storage().nbytes() for t, r in zip(self.example_inputs, released) if r is not None)
+        if freed:
+            self.released_examples = released
+            self.example_inputs = [t if r is None else None for t, r in zip(self.example_inputs, released)]
+            if self.exported is not None:
+                self.exported.example_inputs = None  # it holds the same tensors
+        return freed
+
+    def examples(self) -> list[torch.Tensor]:
+        """The example tensors in placeholder order, zeros where :meth:`release_examples` dropped one."""
+        if self.released_examples is None:
+            return self.example_inputs
+        return [t if r is None else torch.zeros(r[0], dtype=r[1]) for t, r in zip(self.example_inputs,
+                                                                                   self.released_examples)]
 
     @property
     def tensor_slots(self) -> list[InputSlot]:

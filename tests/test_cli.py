@@ -70,8 +70,9 @@ def test_generate_streams_an_answer_and_reports_speed():
 
 
 def test_bench_configuration_names_survive_the_comma_separated_flag():
-    from fxopt.tools.bench import CONFIGS, DEFAULT_CONFIGS
-    assert all("," not in name for name in CONFIGS) and set(DEFAULT_CONFIGS) <= set(CONFIGS)
+    from fxopt.tools import bench, bench_generate
+    for module in (bench, bench_generate):
+        assert all("," not in name for name in module.CONFIGS) and set(module.DEFAULT_CONFIGS) <= set(module.CONFIGS)
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path, capsys):

@@ -149,6 +149,38 @@ def test_each_graph_is_lowered_once(tiny, monkeypatch):
     assert compiled.generator.graphs.prefill.report.stages["target"] == ["select-gemm-backend"]
 
 
+def test_compile_generator_lowers_the_prefill_and_decode_graphs_only(tiny, monkeypatch):
+    """fxopt.compile_generator (what fxopt generate/chat use): no forward graph; the same tokens as eager."""
+    import fxopt.compiled_graph as compiled_graph
+
+    calls = []
+    original = compiled_graph.lower
+    monkeypatch.setattr(compiled_graph, "lower", lambda *a, **k: calls.append(1) or original(*a, **k))
+    generator = fxopt.compile_generator(tiny, torch.randint(4, 128, (1, 10)), max_cache_len=48)
+    assert len(calls) == 2  # prefill + decode
+    ids = torch.randint(4, 128, (2, 7))
+    assert torch.equal(generator.generate(input_ids=ids, max_new_tokens=8, do_sample=False),
+                       tiny.generate(input_ids=ids, max_new_tokens=8, do_sample=False))
+    assert generator.last_stats.new_tokens == 8
+    assert "select-gemm-backend{copy_margin=1.0}" in generator.graphs.decode.report.spec
+    captured = generator.graphs.decode.captured  # once compiled, the example caches are not kept ...
+    assert all(t is None for t in captured.example_inputs[4:]) and captured.example_inputs[0] is not None
+    rebuilt = captured.examples()  # ... zeros of their shapes stand in for them (what saving exports with)
+    assert [t.shape for t in rebuilt[4:]] == [r[0] for r in captured.released_examples[4:]]
+    assert not any(t.any() for t in rebuilt[4:])
+
+
+def test_compile_generator_refuses_what_cannot_generate(tiny):
+    from conftest import MLP
+
+    with pytest.raises(fxopt.FxoptError, match="cannot generate: compile_generator needs a causal LM"):
+        fxopt.compile_generator(MLP(), torch.randn(2, 64))
+    with pytest.raises(fxopt.FxoptError, match=r"example_prompt_ids must be token ids \[batch, tokens\]"):
+        fxopt.compile_generator(tiny, "What is the capital of France?")
+    with pytest.raises(fxopt.PipelineSpecError, match="unknown decode precision 'int3'"):
+        fxopt.compile_generator(tiny, torch.ones(1, 4, dtype=torch.long), decode_precision="int3")
+
+
 def test_a_causal_lm_runs_its_linears_on_the_models_own_weights(tiny, compiled):
     """Three graphs read a causal LM's weights: its default pipeline never packs a second copy of one
     (copy_margin=1), whatever this machine's timings say; a spec that names the pass keeps its own options."""

@@ -94,6 +94,8 @@ def test_metrics():
     logits[0, 0, 2] = logits[0, 1, 3] = 0  # certain of the right next tokens
     assert metrics.nll_sum(logits, ids) == (pytest.approx(0.0), 2)
     assert metrics.next_token_agreement(logits, logits) == 1.0
+    close = torch.tensor([[[2.0, 1.95, 0.0], [3.0, 0.0, 1.0]]])  # a near-tie, then a sure choice
+    assert metrics.decisive_positions(close).tolist() == [[False, True]]
     with pytest.raises(metrics.MetricError, match="choose one of"):
         metrics.check_metric("accuracy")
 

@@ -1,5 +1,5 @@
 """quantize="auto" on the real models: the budget holds on text the calibration never saw, the int8 kernels run,
-and the quantized SmolLM2 still answers the capital of France."""
+and the quantized SmolLM2 still knows the capital of France."""
 import pytest
 import torch
 from torch._inductor.utils import run_and_get_code
@@ -29,10 +29,12 @@ def test_minilm_auto_holds_its_budget_on_unseen_sentences(minilm):
 
 
 @pytest.mark.slow
-def test_smollm2_int8_with_down_proj_and_lm_head_in_bf16_answers_paris(smollm2):
-    """The recipe that answers correctly (docs/quantization.md): smoothed int8 everywhere but ``down_proj`` and
-    ``lm_head``, which run in bf16. (At the default +2% perplexity budget the planner keeps every linear in
-    int8, and the answer to this prompt changes: see the note in docs/quantization.md.)"""
+def test_smollm2_int8_with_down_proj_and_lm_head_in_bf16_knows_paris(smollm2):
+    """The recipe of docs/quantization.md: smoothed int8 everywhere but ``down_proj`` and ``lm_head``, which run
+    in bf16. fp32's answer to "What is the capital of France?" is forced through the quantized model, which must
+    pick fp32's token wherever fp32 is sure of it ("Paris" among them). fp32's *first* answer token is a near-tie
+    ("The" by 0.08 logits over "L", which goes on "L'Étoile, …"): whether a lossy model's free-running answer
+    names Paris is decided by that coin flip, and the flip differs between hosts (metrics.decisive_positions)."""
     spec = ",".join(DEFAULT_PIPELINE[:-1]) + (",smooth-activations,quantize-dynamic-int8{skip=[lm_head,down_proj]},"
                                               "cast-linears-bf16,select-gemm-backend")
     compiled = fxopt.compile(smollm2.model, smollm2.inputs(1, 256), passes=spec)
@@ -43,9 +45,16 @@ def test_smollm2_int8_with_down_proj_and_lm_head_in_bf16_answers_paris(smollm2):
     tok = smollm2.tokenizer
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                      add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    start = prompt["input_ids"].shape[1]
     with torch.no_grad():
-        out = hf_generate(smollm2.model, compiled.forward, **prompt, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, prompt["input_ids"].shape[1]:])
+        answer = smollm2.model.generate(**prompt, max_new_tokens=12, do_sample=False)  # fp32's greedy answer
+        reference = smollm2.model(answer).logits[0, start - 1:-1]
+        candidate = compiled(input_ids=answer, attention_mask=torch.ones_like(answer)).logits[0, start - 1:-1]
+    assert "Paris" in tok.decode(answer[0, start:])
+    sure = metrics.decisive_positions(reference)
+    paris = [i for i, t in enumerate(answer[0, start:].tolist()) if "Paris" in tok.decode([t])]
+    assert paris and sure[paris[0]] and sure.sum() >= 5
+    assert torch.equal(candidate.argmax(-1)[sure], reference.argmax(-1)[sure])
     inputs = smollm2.inputs(1, 128)
     with torch.no_grad():
         agree = metrics.next_token_agreement(smollm2.model(**inputs).logits, compiled(**inputs).logits)

@@ -1,7 +1,8 @@
 """``fxopt bench --generate``: time to first token, prefill and decode tokens/s of generation, side by side.
 
 Configurations: Hugging Face eager ``generate()`` (its dynamic KV cache), ``torch.compile`` of the forward with a
-static cache, fxopt's compiled prefill + decode graphs (fp32, and the decode precisions given) and, where
+static cache, fxopt's compiled prefill + decode graphs (fp32, and the decode precisions given; ``fxopt.compile``,
+or ``fxopt.compile_generator`` in the rows "(generation graphs only)", which skip the forward graph) and, where
 ``llama-cpp-python`` is installed, llama.cpp on the same GGUF file. Each runs in
 its own process with eager HF timed in the same process, interleaved, so the ratios compare like with like. Every
 configuration generates the same number of tokens from the same prompt, greedily:
@@ -26,6 +27,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -69,6 +71,17 @@ def _fxopt(**compile_kwargs):
         compiled.prepare_generation()
         build.compiled = compiled
         return lambda **kw: compiled.generate(**kw)
+    return build
+
+
+def _fxopt_generator(**compile_kwargs):
+    """fxopt.compile_generator: the prefill and decode graphs only (what fxopt generate/chat compile)."""
+    def build(model, example):
+        import fxopt
+        generator = fxopt.compile_generator(model, example, max_cache_len=PROMPT_TOKENS + NEW_TOKENS + 64,
+                                            **compile_kwargs)
+        build.compiled = SimpleNamespace(generator=generator)
+        return generator.generate
     return build
 
 
@@ -119,10 +132,14 @@ CONFIGS: dict[str, Callable] = {
     "fxopt bf16 decode": _fxopt(decode_precision="bf16"),
     "fxopt int8 weight-only decode": _fxopt(decode_precision="int8-weight-only"),
     "fxopt int4 weight-only decode": _fxopt(decode_precision="int4-weight-only"),
+    "fxopt fp32 (generation graphs only)": _fxopt_generator(),
+    "fxopt int8 weight-only decode (generation graphs only)": _fxopt_generator(decode_precision="int8-weight-only"),
     "llama.cpp (same GGUF)": _llama_cpp,
 }
-#: the configurations a plain ``fxopt bench --generate`` runs: llama.cpp only where it is installed
-DEFAULT_CONFIGS = [c for c in CONFIGS if c != "llama.cpp (same GGUF)" or importlib.util.find_spec("llama_cpp")]
+#: the configurations a plain ``fxopt bench --generate`` runs: llama.cpp only where it is installed; the
+#: ``compile_generator`` rows (the same graphs, without the forward graph) only when named
+DEFAULT_CONFIGS = [c for c in CONFIGS if "generation graphs only" not in c
+                   and (c != "llama.cpp (same GGUF)" or importlib.util.find_spec("llama_cpp"))]
 
 
 @dataclass

@@ -87,13 +87,12 @@ CHAT_CACHE_LEN = 1024
 
 def _load_causal_lm(name: str, decode_precision: str = "fp32"):
     from pathlib import Path
+    from types import SimpleNamespace
 
     from fxopt.models import load
     import fxopt
 
     if (Path(name) / "manifest.json").is_file():  # a saved artifact: no compilation
-        from types import SimpleNamespace
-
         if decode_precision != "fp32":
             print(f"fxopt: error: --decode-precision applies to a compile; the artifact {name} keeps the precision "
                   "it was saved with", file=sys.stderr)
@@ -103,23 +102,22 @@ def _load_causal_lm(name: str, decode_precision: str = "fp32"):
             print(f"fxopt: error: the artifact {name} needs its tokenizer and generation graphs; save it with "
                   "fxopt optimize smollm2 --save PATH", file=sys.stderr)
             raise SystemExit(2)
-        loaded.prepare_generation()
+        generator = loaded.prepare_generation()
         print(f"[fxopt] loaded {name} in {loaded.load_seconds:.1f} s", file=sys.stderr, flush=True)
-        return SimpleNamespace(tokenizer=loaded.tokenizer), loaded
+        return SimpleNamespace(tokenizer=loaded.tokenizer), generator
     if name != "smollm2":
         print(f"fxopt: error: {name!r} is not a bundled causal LM or a saved artifact; the bundled one is smollm2",
               file=sys.stderr)
         raise SystemExit(2)
     real = load(name)
-    print(f"[fxopt] compiling {name}'s forward, prefill and decode graphs (about a minute each)…", file=sys.stderr,
+    print(f"[fxopt] compiling {name}'s prefill and decode graphs (about a minute each)…", file=sys.stderr,
           flush=True)
-    compiled = fxopt.compile(real.model, real.inputs(1, 32), max_cache_len=CHAT_CACHE_LEN,
-                             decode_precision=decode_precision)
-    compiled.prepare_generation()
-    return real, compiled
+    generator = fxopt.compile_generator(real.model, real.inputs(1, 32), max_cache_len=CHAT_CACHE_LEN,
+                                        decode_precision=decode_precision)
+    return real, generator
 
 
-def _answer(real, compiled, text: str, args) -> None:
+def _answer(real, generator, text: str, args) -> None:
     from transformers import TextStreamer
 
     if args.raw:
@@ -130,25 +128,25 @@ def _answer(real, compiled, text: str, args) -> None:
     sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p} if args.sample else \
         {"do_sample": False}
     streamer = TextStreamer(real.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    compiled.generate(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                      max_new_tokens=args.max_new_tokens, streamer=streamer, **sampling)
-    stats = compiled.generator.last_stats
+    generator.generate(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                       max_new_tokens=args.max_new_tokens, streamer=streamer, **sampling)
+    stats = generator.last_stats
     print(f"[fxopt] {stats.new_tokens} tokens; {stats.describe()}", file=sys.stderr, flush=True)
 
 
 def _generate(args) -> int:
-    real, compiled = _load_causal_lm(args.model, args.decode_precision)
-    _answer(real, compiled, args.prompt, args)
+    real, generator = _load_causal_lm(args.model, args.decode_precision)
+    _answer(real, generator, args.prompt, args)
     return 0
 
 
 def _chat(args) -> int:
-    real, compiled = _load_causal_lm(args.model, args.decode_precision)
+    real, generator = _load_causal_lm(args.model, args.decode_precision)
     print("[fxopt] ready: type a prompt and press Enter (an empty line or Ctrl-D ends)", file=sys.stderr, flush=True)
     for line in sys.stdin:
         if not line.strip():
             break
-        _answer(real, compiled, line.strip(), args)
+        _answer(real, generator, line.strip(), args)
     return 0
 
 
