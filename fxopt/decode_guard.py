@@ -93,5 +93,5 @@ def guard(model: torch.nn.Module, graphs, input_ids: torch.Tensor | None, precis
     if agreement < budget:
         raise AccuracyBudgetError(
             f"{measured.describe()}: under the budget. Use decode_precision='bf16' or 'fp32', or accept it with "
-            f"decode_accuracy_budget={agreement:.2f} (fxopt.compile)")
+            f"decode_accuracy_budget={agreement:.2f} (fxopt.compile, fxopt.compile_generator)")
     return measured

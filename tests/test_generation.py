@@ -131,14 +131,20 @@ def test_a_request_that_cannot_fit_fails_before_anything_is_compiled(tiny, monke
     assert fresh.generator is None
 
 
-def test_each_graph_is_lowered_once(tiny, monkeypatch):
+@pytest.fixture
+def lowerings(monkeypatch) -> list:
+    """One entry per graph fxopt lowers from here on. fxopt's lowering calls, not Inductor's compile_fx:
+    select-gemm-backend compiles its GEMV candidate with compile_fx to time it, on shapes its timing cache lacks."""
     import fxopt.compiled_graph as compiled_graph
 
-    # fxopt's lowering calls, not Inductor's compile_fx: select-gemm-backend compiles its GEMV candidate with
-    # compile_fx to time it, on shapes its timing cache does not hold yet
     calls = []
     original = compiled_graph.lower
     monkeypatch.setattr(compiled_graph, "lower", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_each_graph_is_lowered_once(tiny, lowerings):
+    calls = lowerings
     compiled = fxopt.compile(tiny, {"input_ids": torch.randint(4, 128, (1, 10))}, max_cache_len=48)
     assert len(calls) == 1  # the forward graph
     for batch, prompt in ((1, 3), (1, 17), (2, 9), (3, 30)):
@@ -149,15 +155,10 @@ def test_each_graph_is_lowered_once(tiny, monkeypatch):
     assert compiled.generator.graphs.prefill.report.stages["target"] == ["select-gemm-backend"]
 
 
-def test_compile_generator_lowers_the_prefill_and_decode_graphs_only(tiny, monkeypatch):
+def test_compile_generator_lowers_the_prefill_and_decode_graphs_only(tiny, lowerings):
     """fxopt.compile_generator (what fxopt generate/chat use): no forward graph; the same tokens as eager."""
-    import fxopt.compiled_graph as compiled_graph
-
-    calls = []
-    original = compiled_graph.lower
-    monkeypatch.setattr(compiled_graph, "lower", lambda *a, **k: calls.append(1) or original(*a, **k))
     generator = fxopt.compile_generator(tiny, torch.randint(4, 128, (1, 10)), max_cache_len=48)
-    assert len(calls) == 2  # prefill + decode
+    assert len(lowerings) == 2  # prefill + decode
     ids = torch.randint(4, 128, (2, 7))
     assert torch.equal(generator.generate(input_ids=ids, max_new_tokens=8, do_sample=False),
                        tiny.generate(input_ids=ids, max_new_tokens=8, do_sample=False))
