@@ -91,7 +91,10 @@ EXAMPLES = {
     "smooth-activations": ("fxopt.passes.smooth_activations", NormThenLinears(), (torch.randn(2, 7, 16),),
                            {"rtol": 1e-4}),
     "prune-attention-heads": ("fxopt.passes.prune_attention_heads", MHA(), (torch.randn(4, 16, 32),),
-                              {"options": fxopt.passes.prune_attention_heads.options(ratio=0.25), "rtol": 10.0}),
+                              {"options": fxopt.passes.prune_attention_heads.options(ratio=0.25, recover=False),
+                               # the refit is left out: whether ridge beats no refit on 64 random rows is a near
+                               # tie that flipped under two test workers, adding a bias to the After graph
+                               "rtol": 10.0}),
     "prune-mlp-channels": ("fxopt.passes.prune_mlp_channels", GeluMLP(), (torch.randn(64, 16),),
                            {"options": fxopt.passes.prune_mlp_channels.options(ratio=0.5), "rtol": 10.0}),
     "factorize-low-rank": ("fxopt.passes.factorize_low_rank", LowRankLinear(), (torch.randn(4, 128, 256),),
