@@ -40,6 +40,7 @@ def compile(
     dims: Mapping[str, tuple[int, int]] | None = None,
     dim_axes: Mapping[str, Mapping[int, str]] | None = None,
     backend: str = "inductor",
+    freezing: bool | str = "auto",
     opt_level: int = 1,
     disable: Sequence[str] = (),
     check_numerics: bool = True,
@@ -69,6 +70,9 @@ def compile(
     ``dim_axes={"past": {0: "batch", 2: "cache"}}, dims={"cache": (16, 2048)}``; see :func:`fxopt.ir.capture`).
     ``check_numerics`` runs the graph on the example inputs after every pass and names the pass that
     moved the outputs by more than ``numeric_rtol`` (``on_numeric_failure="skip"`` reverts it instead).
+    ``freezing``: ``"auto"`` lowers with the weights as inputs of the compiled code, so that Inductor's caches serve
+    the next compile of the same model, unless the graph needs them frozen into it (quantized or packed weights;
+    :mod:`fxopt.unfrozen_lowering`); ``True``/``False`` force it.
     For causal LMs, ``generate()`` runs prefill and decode graphs with a static KV cache of ``max_cache_len``
     slots for up to ``max_batch`` sequences, compiled through the same pipeline on its first call (or by
     ``compiled.prepare_generation()``); ``decode_precision="int8-weight-only"`` quantizes the decode graph's
@@ -93,7 +97,7 @@ def compile(
     compression.check_request(compress)
     options = CompileOptions(backend=backend, check_numerics=check_numerics, numeric_rtol=numeric_rtol,
                              on_numeric_failure=on_numeric_failure, verify=verify, print_after=print_after,
-                             instruments=tuple(instruments), verbose=verbose)
+                             instruments=tuple(instruments), verbose=verbose, freezing=freezing)
     if verbose:
         print(f"[fxopt] capturing {type(model).__name__} with torch.export …", file=sys.stderr, flush=True)
     captured = capture(model, args, kwargs, dynamic=dynamic, dims=dict(dims) if dims else None,

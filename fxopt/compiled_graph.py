@@ -27,7 +27,7 @@ from fxopt.constant_pool import ConstantPool
 from fxopt.cost.instrument import CostDelta
 from fxopt.graph_pass import GraphPass
 from fxopt.ir.capture import CapturedModel
-from fxopt.lowering import Lowered, lower, release_own_constants
+from fxopt.lowering import BACKENDS, Lowered, lower, release_own_constants
 from fxopt.machine import machine_key
 from fxopt import check_cache
 from fxopt.pass_manager import Instrument, NumericCheck, PassManager, PrintAfter, Timing, Verify, count_nodes
@@ -47,6 +47,13 @@ class CompileOptions:
     print_after: Sequence[str] | None = None
     instruments: Sequence[Instrument] = ()
     verbose: bool = False
+    freezing: bool | str = "auto"  # Inductor's weight freezing: "auto" only where the graph needs it (fxopt.lowering)
+
+    def __post_init__(self):  # a bad option fails before capture, not after the passes
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.freezing not in (True, False, "auto"):
+            raise ValueError(f"freezing={self.freezing!r}: choose True, False or 'auto'")
 
 
 @dataclass
@@ -83,7 +90,8 @@ class _KeepPortableGraph(Instrument):
 def _instruments(options: CompileOptions, example_dims: dict[str, int]) -> tuple[list[Instrument], CostDelta]:
     inst: list[Instrument] = []
     if options.verify:
-        inst.append(Verify(deep=options.deep_verify))
+        inst.append(Verify(deep=options.deep_verify,
+                           remembered=check_cache.verified_graphs() if check_cache.enabled() else None))
     if options.check_numerics:
         inst.append(NumericCheck(rtol=options.numeric_rtol, on_failure=options.on_numeric_failure,
                                  verdicts=check_cache.VerdictCache() if check_cache.enabled() else None))
@@ -121,14 +129,18 @@ def compile_graph(captured: CapturedModel, pipeline: Sequence[tuple[GraphPass, A
     passes_seconds = time.perf_counter() - start
 
     if options.verbose:
-        print(f"[fxopt] lowering{f' {name}' if name else ''} with {options.backend} (Inductor: the longest step, about "
-              "40 s for SmolLM2; its cache saves only the C++ builds, see BENCHMARKS.md) …", file=sys.stderr, flush=True)
+        print(f"[fxopt] lowering{f' {name}' if name else ''} with {options.backend} (a first compile's longest "
+              "step, about 40 s for SmolLM2; Inductor's caches serve a second compile of an unfrozen graph) …", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    lowered = lower(gm, captured.fake_inputs(), options.backend)
+    lowered = lower(gm, captured.fake_inputs(), options.backend, freezing=options.freezing)
     if options.verbose:
         print(f"[fxopt] lowered in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     notes = list(captured.notes)
     if options.backend == "inductor":
+        notes.append(f"weights frozen into the compiled code: {lowered.why_frozen}" if lowered.why_frozen else
+                     "weights frozen into the compiled code, as asked" if lowered.frozen else
+                     "weights passed to the compiled code as inputs (not frozen): Inductor's caches serve the "
+                     "next compile")
         released = release_own_constants(gm)
         if released:
             notes.append(f"{released / 2**20:.0f} MiB of fxopt-made constants (fused weights, tables) are "

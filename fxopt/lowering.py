@@ -1,13 +1,19 @@
 """Lowering: turn the optimized FX graph into something that runs.
 
-``backend="inductor"`` hands the graph to Inductor (the compiler behind ``torch.compile``) with weight
-freezing on, compiling it *once* against the capture's symbolic shapes: one compiled artifact serves
-every batch and sequence length in the captured range, so there are no recompilations and no Dynamo
-guards on the call path. ``backend="eager"`` runs the graph module as Python, for debugging.
+``backend="inductor"`` hands the graph to Inductor (the compiler behind ``torch.compile``), compiling it
+*once* against the capture's symbolic shapes: one compiled artifact serves every batch and sequence length
+in the captured range, so there are no recompilations and no Dynamo guards on the call path.
+``backend="eager"`` runs the graph module as Python, for debugging.
 
-With freezing, Inductor keeps its own (often repacked) copy of every weight it needs. The constants that
-fxopt's passes made (fused weights, position tables) are then held twice; :func:`release_own_constants`
-drops the graph module's copy, so the graph stays printable and measurable but no longer runs eagerly.
+``freezing="auto"`` (the default) freezes the weights only where the graph needs it
+(:func:`fxopt.unfrozen_lowering.freezing_reason`: packed weights, computations on weights alone, linears left
+for Inductor to pack); otherwise the weights are lifted into inputs, which lets Inductor's and AOTAutograd's
+caches serve the next compile of the same model (:mod:`fxopt.unfrozen_lowering`). ``True``/``False`` force it.
+
+Frozen or not, the compiled code holds every weight it needs (frozen: Inductor's own, often repacked copy;
+unfrozen: references to the same tensors, passed as inputs). The constants that fxopt's passes made (fused
+weights, position tables) need no other holder; :func:`release_own_constants` drops the graph module's
+reference, so the graph stays printable and measurable but no longer runs eagerly.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import torch
 import torch.fx
 
 from fxopt.rewriter import OWN_CONSTANT_PREFIX
+from fxopt.unfrozen_lowering import compile_unfrozen, freezing_reason
 
 BACKENDS = ("inductor", "eager")
 
@@ -31,21 +38,28 @@ class Lowered:
     backend: str
     seconds: float
     compilations: int
+    frozen: bool = False
+    why_frozen: str | None = None  # what made ``freezing="auto"`` freeze
 
 
 def lower(gm: torch.fx.GraphModule, fake_inputs: Sequence[torch.Tensor], backend: str = "inductor",
-          *, freezing: bool = True) -> Lowered:
+          *, freezing: bool | str = "auto") -> Lowered:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if freezing not in (True, False, "auto"):
+        raise ValueError(f"freezing={freezing!r}: choose True, False or 'auto'")
     start = time.perf_counter()
     if backend == "eager":
         return Lowered(gm, backend, 0.0, 0)
+    why = freezing_reason(gm) if freezing == "auto" else None
+    if freezing is False or (freezing == "auto" and why is None):
+        return Lowered(compile_unfrozen(gm, fake_inputs), backend, time.perf_counter() - start, 1)
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx
 
-    with torch.no_grad(), inductor_config.patch(freezing=freezing):
+    with torch.no_grad(), inductor_config.patch(freezing=True):
         compiled = compile_fx(gm, list(fake_inputs))
-    return Lowered(compiled, backend, time.perf_counter() - start, 1)
+    return Lowered(compiled, backend, time.perf_counter() - start, 1, frozen=True, why_frozen=why)
 
 
 def release_own_constants(gm: torch.fx.GraphModule) -> int:

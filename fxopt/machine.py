@@ -89,8 +89,8 @@ def writable_output(path: str) -> str | None:
 
 
 def clear_cache() -> list[Path]:
-    """Delete fxopt's caches (machine peaks, GEMM timings, numeric-check verdicts) for every machine; returns what
-    it removed."""
+    """Delete fxopt's caches (machine peaks, GEMM timings, numeric-check verdicts, verified graphs) for every
+    machine; returns what it removed."""
     removed = []
     if cache_dir().is_dir():
         for f in sorted(cache_dir().glob("*.json")):

@@ -18,7 +18,7 @@ import torch
 import torch.fx
 from tabulate import tabulate
 
-from fxopt.check_cache import CheckChain, VerdictCache
+from fxopt.check_cache import CheckChain, VerdictCache, graph_key
 from fxopt.errors import AccuracyBudgetError, FxoptError, NumericsError, PassError, PipelineSpecError
 from fxopt.graph_pass import GraphPass, PassContext, PassResult
 from fxopt.ir.printer import format_graph
@@ -230,12 +230,16 @@ class Verify(Instrument):
     The deep check re-runs fake-tensor propagation on every node, which catches a pass that changed a node's
     arguments but left its ``meta["val"]`` stale. It costs about 1 ms per node (2 s on SmolLM2's 2,200 nodes),
     so by default it runs once, after the pipeline (``deep="end"``); ``deep=True`` runs it after every pass
-    that changed the graph, naming the pass (``fxopt.testing.check_pass`` does so); ``deep=False`` never."""
+    that changed the graph, naming the pass (``fxopt.testing.check_pass`` does so); ``deep=False`` never.
+    With ``remembered`` (:func:`fxopt.check_cache.verified_graphs`), a final graph printed like one that passed
+    before is not propagated again."""
 
-    def __init__(self, deep: bool | str = "end"):
+    def __init__(self, deep: bool | str = "end", remembered: VerdictCache | None = None):
         if deep not in (True, False, "end"):
             raise ValueError(f"deep must be True, False or 'end', got {deep!r}")
         self.deep = deep
+        # graphs whose final deep check passed in an earlier compile (fxopt.check_cache.verified_graphs)
+        self.remembered = remembered
 
     def before_pipeline(self, gm, ctx):
         verify(gm, context="before the pipeline")
@@ -247,8 +251,14 @@ class Verify(Instrument):
 
     def after_pipeline(self, gm, report):
         if self.deep == "end" and any(r.changed for r in report.records):
+            key = graph_key(gm) if self.remembered is not None else None
+            if key and self.remembered.get(key):
+                return
             verify(gm, context=f"after the pipeline ({', '.join(r.name for r in report.records if r.changed)})",
                    deep=True)
+            if key:
+                self.remembered.put(key, {"passed": 1.0})
+                self.remembered.save()
 
 
 class PrintAfter(Instrument):

@@ -16,7 +16,8 @@ holds a copy, which is what a causal LM's default pipeline uses (:data:`fxopt.ge
 weights are also left out by default (``cacheable``): Inductor bypasses its FX graph cache for any graph that holds
 one, so a single packed pooler made every later compile of MiniLM lower the whole graph again (a warm compile took
 9.7 s of a cold one's 17.5 with it, 8.3 of 18.3 without). ``copy_margin=0,cacheable=false`` is the previous
-behaviour.
+behaviour. MKL's packed copy is kept as a plain tensor of its bytes (:func:`_mkl_packed`), which the caches accept, so a
+graph using it still lowers unfrozen (:mod:`fxopt.unfrozen_lowering`).
 
 The decision is per GEMM, the proof is end to end: ``fxopt bench`` runs the pipeline with and without this
 pass side by side. On SmolLM2 prefill 1 × 256 it moves every linear to MKL, and the interleaved same-process
@@ -112,7 +113,7 @@ def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
             rw.replace(node, write_gemv(rw, node, node.args[0], node.args[1], bias_node))
             continue
         packed_node = rw.add_constant(f"{node.name}_mkl_packed",
-                                      lambda: torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), before=node,
+                                      lambda: _mkl_packed(weight, rows), before=node,
                                       key=("mkl-pack", weight, rows))
         new = rw.call(torch.ops.mkl._mkl_linear.default, (node.args[0], packed_node, node.args[1], bias_node, rows),
                       before=node)
@@ -125,6 +126,13 @@ def select_gemm_backend(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResul
         times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in t.items())
         ctx.note(f"linear {rows}×{k}→{n}: {times} → {backend}")
     return rw.result()
+
+
+def _mkl_packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """MKL's packed copy of ``weight`` as a plain tensor: ``_mkl_linear`` reads only its bytes, and unlike the
+    opaque (``torch._mkldnn``) tensor ``_mkl_reorder_linear_weight`` returns, a plain one can be hashed by
+    Inductor's and AOTAutograd's caches and passed to compiled code as an input (:mod:`fxopt.unfrozen_lowering`)."""
+    return torch.ops.mkl._mkl_reorder_linear_weight(weight, rows).to_dense()
 
 
 def _fastest(times: dict[str, float], margin: float, copy_margin: float) -> str:

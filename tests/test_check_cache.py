@@ -125,3 +125,20 @@ def test_a_corrupt_cache_file_is_ignored_and_rewritten(runs):
     torch.manual_seed(0)
     _compile(Siblings().eval(), torch.randn(4, 16))
     assert isinstance(check_cache.VerdictCache().entries, dict) and check_cache.VerdictCache().entries
+
+
+def test_the_final_deep_verification_is_remembered_for_the_same_graph(runs, monkeypatch):
+    """A graph printed like one whose deep verification passed is not propagated again; another graph is."""
+    from fxopt.ir import verifier
+
+    deep = {"n": 0}
+    original = verifier._stale_metadata
+    monkeypatch.setattr(verifier, "_stale_metadata", lambda gm: deep.__setitem__("n", deep["n"] + 1) or original(gm))
+    torch.manual_seed(0)
+    model, x = Siblings().eval(), torch.randn(4, 16)
+    _compile(model, x)
+    assert deep["n"] == 1 and check_cache.verified_graphs().path.is_file()
+    _compile(model, x)
+    assert deep["n"] == 1
+    _compile(model, torch.randn(4, 3, 16))  # another graph: verified
+    assert deep["n"] == 2

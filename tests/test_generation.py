@@ -164,6 +164,8 @@ def test_compile_generator_lowers_the_prefill_and_decode_graphs_only(tiny, lower
                        tiny.generate(input_ids=ids, max_new_tokens=8, do_sample=False))
     assert generator.last_stats.new_tokens == 8
     assert "select-gemm-backend{copy_margin=1.0}" in generator.graphs.decode.report.spec
+    for graph in (generator.graphs.prefill, generator.graphs.decode):  # cacheable: the weights are inputs
+        assert not graph.lowered.frozen, graph.lowered.why_frozen
     captured = generator.graphs.decode.captured  # once compiled, the example caches are not kept ...
     assert all(t is None for t in captured.example_inputs[4:]) and captured.example_inputs[0] is not None
     rebuilt = captured.examples()  # ... zeros of their shapes stand in for them (what saving exports with)

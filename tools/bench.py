@@ -138,6 +138,8 @@ CONFIGS: dict[str, Callable] = {
     "fxopt": fxopt_config(),
     # the A/B that keeps select-gemm-backend honest: every linear left on oneDNN, as Inductor chooses
     "fxopt without select-gemm-backend": fxopt_config(disable=("select-gemm-backend",)),
+    # the A/B of the unfrozen lowering (fxopt.unfrozen_lowering): the same graph with its weights frozen into the code
+    "fxopt (weights frozen)": fxopt_config(freezing=True),
     "fxopt bf16": fxopt_config(quantize="bf16"),
     "fxopt int8": fxopt_config(quantize="int8"),
     "fxopt auto": fxopt_config(quantize="auto"),
@@ -147,7 +149,7 @@ CONFIGS: dict[str, Callable] = {
          "cast-linears-bf16", DEFAULT_PIPELINE[-1]])),
 }
 #: the configurations a plain ``fxopt bench`` runs (the A/B above only on request, the ONNX peers where installed)
-DEFAULT_CONFIGS = [c for c in CONFIGS if c != "fxopt without select-gemm-backend"
+DEFAULT_CONFIGS = [c for c in CONFIGS if c not in ("fxopt without select-gemm-backend", "fxopt (weights frozen)")
                    and (c not in bench_onnx.CONFIGS or bench_onnx.installed(c))]
 
 
