@@ -62,7 +62,7 @@ def freezing_reason(gm: torch.fx.GraphModule) -> str | None:
         if node.op == "get_attr":
             value = _attr(gm, node.target)
             if not isinstance(value, torch.Tensor):
-                return f"{node.target} is a {type(value).__name__}, which only a frozen graph holds"
+                return f"{node.target} is a {type(value).__name__}, not a tensor that could be passed as an input"
             if value.is_mkldnn:
                 return f"{node.target} is packed for oneDNN or MKL (opaque, unpicklable)"
             constant.add(node)
