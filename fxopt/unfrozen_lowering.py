@@ -67,7 +67,7 @@ def freezing_reason(gm: torch.fx.GraphModule) -> str | None:
                 return f"{node.target} is packed for oneDNN or MKL (opaque, unpicklable)"
             constant.add(node)
         elif node.op == "call_function":
-            inputs = [a for a in node.all_input_nodes]
+            inputs = node.all_input_nodes
             if inputs and all(a in constant for a in inputs):
                 constant.add(node)
                 if not getattr(node.target, "is_view", False):
