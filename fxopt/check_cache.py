@@ -136,7 +136,6 @@ class VerdictCache:
             pass
 
 
-
 def verified_graphs() -> VerdictCache:
     """Keys of final graphs whose deep verification passed (``verified-<machine>.json``)."""
     return VerdictCache(cache_dir() / f"verified-{machine_key().digest()}.json")

@@ -27,7 +27,7 @@ from fxopt.constant_pool import ConstantPool
 from fxopt.cost.instrument import CostDelta
 from fxopt.graph_pass import GraphPass
 from fxopt.ir.capture import CapturedModel
-from fxopt.lowering import BACKENDS, Lowered, lower, release_own_constants
+from fxopt.lowering import Lowered, check_options, lower, release_own_constants
 from fxopt.machine import machine_key
 from fxopt import check_cache
 from fxopt.pass_manager import Instrument, NumericCheck, PassManager, PrintAfter, Timing, Verify, count_nodes
@@ -50,10 +50,7 @@ class CompileOptions:
     freezing: bool | str = "auto"  # Inductor's weight freezing: "auto" only where the graph needs it (fxopt.lowering)
 
     def __post_init__(self):  # a bad option fails before capture, not after the passes
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if self.freezing not in (True, False, "auto"):
-            raise ValueError(f"freezing={self.freezing!r}: choose True, False or 'auto'")
+        check_options(self.backend, self.freezing)
 
 
 @dataclass

@@ -42,12 +42,17 @@ class Lowered:
     why_frozen: str | None = None  # what made ``freezing="auto"`` freeze
 
 
-def lower(gm: torch.fx.GraphModule, fake_inputs: Sequence[torch.Tensor], backend: str = "inductor",
-          *, freezing: bool | str = "auto") -> Lowered:
+def check_options(backend: str, freezing: bool | str) -> None:
+    """Raise ``ValueError`` for a backend or freezing value :func:`lower` does not take."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if freezing not in (True, False, "auto"):
         raise ValueError(f"freezing={freezing!r}: choose True, False or 'auto'")
+
+
+def lower(gm: torch.fx.GraphModule, fake_inputs: Sequence[torch.Tensor], backend: str = "inductor",
+          *, freezing: bool | str = "auto") -> Lowered:
+    check_options(backend, freezing)
     start = time.perf_counter()
     if backend == "eager":
         return Lowered(gm, backend, 0.0, 0)
