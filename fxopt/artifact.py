@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from fxopt import native_kernels
 from fxopt.aot_package import PackageRunner, compile_package, portable_graph_module
 from fxopt.artifact_manifest import FORMAT, FORMAT_VERSION, call_from_json, call_to_json, dtype_name, dtype_of
 from fxopt.call_contract import CallSignature
@@ -93,8 +94,10 @@ def save(compiled, path: str | Path, *, generation: bool | None = None, tokenize
             say(f"AOT-compiling the {name} graph with AOTInductor (the longest step: about as long as a compile) …")
             gm = portable()
             seconds = compile_package(gm, source.captured, tmp / f"{name}.pt2")
+            native = native_ops(gm)
             del gm
-            packages[name] = {**_member(tmp / f"{name}.pt2"), "compile_seconds": round(seconds, 2)}
+            packages[name] = {**_member(tmp / f"{name}.pt2"), "compile_seconds": round(seconds, 2),
+                              **({"native_ops": native} if native else {})}
             say(f"{name}.pt2: {packages[name]['bytes'] / 2**20:.0f} MiB in {seconds:.1f} s")
         manifest = _manifest(compiled, packages, setup if generation else None)
         if tokenizer is not None:
@@ -105,6 +108,13 @@ def save(compiled, path: str | Path, *, generation: bool | None = None, tokenize
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     return _replace(path, write)
+
+
+def native_ops(gm: torch.fx.GraphModule) -> list[str]:
+    """The names of fxopt's own compiled ops (:mod:`fxopt.native_kernels`) that ``gm`` calls: a package holding them
+    runs only where the library is loaded."""
+    return sorted({str(n.target) for n in gm.graph.nodes
+                   if isinstance(n.target, torch._ops.OpOverload) and n.target.namespace == "fxopt"})
 
 
 def _portable_generation_graphs(setup):
@@ -271,6 +281,9 @@ def load(path: str | Path, *, runners: int = 1):
     runners_by_name = {}
     for name, entry in manifest["packages"].items():
         file = check_package(path, name, entry)
+        if entry.get("native_ops") and not native_kernels.load():
+            raise ArtifactError(f"{file} calls fxopt's native kernels ({', '.join(entry['native_ops'])}), which "
+                                f"cannot be built here ({native_kernels.why_unavailable()}); recompile the artifact")
         try:
             runners_by_name[name] = PackageRunner(file, runners)
         except RuntimeError as e:

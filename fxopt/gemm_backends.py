@@ -95,17 +95,20 @@ def _rotating(fn_of_weight, weights):
     return call
 
 
-def _compiled_gemv(*args: torch.Tensor | None):
-    """:func:`gemv` compiled by Inductor for these inputs (as a graph, not through Dynamo and its caches);
-    called with the same arguments, None ones left out."""
+def _compiled(fn, *args: torch.Tensor):
+    """``fn(*args)`` compiled by Inductor for these inputs (as a graph, not through Dynamo and its caches)."""
     from torch._inductor.compile_fx import compile_fx
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    with torch.no_grad():
+        return compile_fx(make_fx(fn)(*args), list(args))
+
+
+def _compiled_gemv(*args: torch.Tensor | None):
+    """:func:`gemv` compiled by Inductor for these inputs; called with the same arguments, None ones left out."""
     names = ("x", "weight", "bias", "scales")
     given = [(name, a) for name, a in zip(names, args) if a is not None]
-    with torch.no_grad():
-        gm = make_fx(lambda *ts: gemv(**dict(zip((n for n, _ in given), ts))))(*(a for _, a in given))
-        return compile_fx(gm, [a for _, a in given])
+    return _compiled(lambda *ts: gemv(**dict(zip((n for n, _ in given), ts))), *(a for _, a in given))
 
 
 def _best_of(fns: dict, reps: int) -> dict[str, float]:
@@ -164,6 +167,25 @@ def measure_weight_int8(rows: int, k: int, n: int, activations: torch.dtype = to
     return _best_of(fns, reps)
 
 
+def measure_grouped_int8(rows: int, k: int, n: int, group: int, zeros: bool, reps: int = 15) -> dict[str, float]:
+    """Median milliseconds of a weight-only int8 linear with a scale (and, with ``zeros``, a zero) per group of
+    ``group`` inputs: Inductor's ``gemv`` loop against fxopt's ``native`` kernel (:mod:`fxopt.native_kernels`, only
+    where it builds), fp32 activations, the weight read from memory; timed as :func:`measure`."""
+    from fxopt import native_kernels
+    from fxopt.gemv import gemv_grouped
+
+    x = torch.randn(rows, k)
+    qs = [torch.randint(-127, 128, (n, k), dtype=torch.int8) for _ in range(_copies(rows, n * k))]
+    scales = torch.rand(n, k // group) / 100
+    zs = torch.rand(n, k // group) / 100 if zeros else None
+    tail = [zs] if zeros else []
+    compiled = _compiled(lambda *ts: gemv_grouped(*ts), x, qs[0], scales, *tail)
+    fns = {"gemv": _rotating(lambda q: compiled(x, q, scales, *tail), qs)}
+    if native_kernels.available():
+        fns["native"] = _rotating(lambda q: native_kernels.gemv_int8_grouped(x, q, scales, zs), qs)
+    return _best_of(fns, reps)
+
+
 class GemmTimings:
     """Timings per shape, read from and written to the per-machine cache."""
 
@@ -189,6 +211,13 @@ class GemmTimings:
         key = f"int8-weight-only,{str(activations).replace('torch.', '')},{rows},{k},{n}"
         if key not in self.table:
             self.table[key] = measure_weight_int8(rows, k, n, activations, self.reps)
+            self.measured += 1
+        return self.table[key]
+
+    def get_grouped_int8(self, rows: int, k: int, n: int, group: int, zeros: bool) -> dict[str, float]:
+        key = f"int8-grouped,{group},{int(zeros)},{rows},{k},{n}"
+        if key not in self.table:
+            self.table[key] = measure_grouped_int8(rows, k, n, group, zeros, self.reps)
             self.measured += 1
         return self.table[key]
 

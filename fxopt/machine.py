@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,11 +90,14 @@ def writable_output(path: str) -> str | None:
 
 
 def clear_cache() -> list[Path]:
-    """Delete fxopt's caches (machine peaks, GEMM timings, numeric-check verdicts, verified graphs) for every
-    machine; returns what it removed."""
+    """Delete fxopt's caches (machine peaks, GEMM timings, numeric-check verdicts, verified graphs, builds of the
+    native kernels) for every machine; returns what it removed."""
     removed = []
     if cache_dir().is_dir():
         for f in sorted(cache_dir().glob("*.json")):
             f.unlink()
             removed.append(f)
+        for d in sorted(cache_dir().glob("native-*")):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
     return removed

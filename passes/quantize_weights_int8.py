@@ -18,7 +18,9 @@ or ``"measure"``, the default, which times both per shape here and keeps the fas
 exact fp32.
 
 ``group_size=g`` gives each group of ``g`` inputs of a row its own scale instead (few rows only: these run as
-:func:`fxopt.gemv.gemv_grouped`), on a symmetric grid (``q * s``), an asymmetric one (``q * s + z``, from the
+:func:`fxopt.gemv.gemv_grouped` in Inductor's loop or as fxopt's native kernel ``fxopt::gemv_int8_grouped``,
+:mod:`fxopt.native_kernels`; ``kernel="measure"`` times both per shape on this machine and keeps the faster: on an
+Intel Xeon the native kernel won every SmolLM2 layer's linear and lost the LM head), on a symmetric grid (``q * s``), an asymmetric one (``q * s + z``, from the
 group's min and max), or per group whichever reconstructs the group better (``scheme="auto"``). A weight that
 already lies on such a grid comes back exactly: SmolLM2's GGUF stores its linears as Q4_1 (blocks of 32 on an
 asymmetric 4-bit grid: with group 32, asymmetric int8 reproduces them to 4e-8 relative) and its embedding, the LM
@@ -53,7 +55,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from fxopt import gemm_backends
+from fxopt import gemm_backends, native_kernels
 from fxopt.gemv import contiguous_strides, write_gemv, write_gemv_grouped
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
 from fxopt.ir.meta import rows_at_example
@@ -70,7 +72,8 @@ PRECISION_KEY = "fxopt.precision"
 class WeightInt8Options:
     skip: tuple[str, ...] = ()  # keep these weights (by name or module path substring) in fp32
     activations: Literal["bfloat16", "float32"] = "bfloat16"  # what _weight_int8pack_mm multiplies (see above)
-    kernel: Literal["measure", "int8pack_mm", "gemv"] = "measure"  # few-row linears: the faster one here
+    # few-row linears: the faster one here; grouped scales: "gemv" (Inductor's loop) or "native" (fxopt's kernel)
+    kernel: Literal["measure", "int8pack_mm", "gemv", "native"] = "measure"
     group_size: int = 0  # inputs per scale; 0: one scale per output channel
     scheme: Literal["symmetric", "asymmetric", "auto"] = "symmetric"  # the grid of each group (group_size > 0)
 
@@ -204,7 +207,13 @@ def quantize_weights_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
     def kernel(rw, rows, consts, before):
         return rw.call(aten._weight_int8pack_mm.default, (rows, *consts), before=before)
 
-    timings = gemm_backends.GemmTimings() if opts.kernel == "measure" and not opts.group_size else None
+    if opts.kernel == "native" and (not opts.group_size or opts.group_size % 16):
+        raise ValueError(f'kernel="native" runs groups of a multiple of 16 inputs, not group_size={opts.group_size}; '
+                         'give group_size=32 or another kernel')
+    if opts.kernel == "native" and not native_kernels.available():
+        raise ValueError(f'kernel="native" is not available here ({native_kernels.why_unavailable()}); '
+                         'use kernel="gemv" or "measure"')
+    timings = gemm_backends.GemmTimings() if opts.kernel == "measure" else None
 
     grouped: dict[int, tuple] = {}
 
@@ -214,7 +223,7 @@ def quantize_weights_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
         return grouped[id(w)]
 
     def direct_grouped(rw, node, w, bias):
-        rows_ok = opts.kernel == "gemv" or rows_at_example(node, gm) <= gemm_backends.GEMV_MAX_ROWS
+        rows_ok = opts.kernel in ("gemv", "native") or rows_at_example(node, gm) <= gemm_backends.GEMV_MAX_ROWS
         if w.shape[1] % opts.group_size or contiguous_strides(node.args[0].meta["val"]) is None or not rows_ok:
             return None
         key = ("int8-grouped", opts.group_size, opts.scheme, w)
@@ -224,6 +233,9 @@ def quantize_weights_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
         if groups_of(w)[2] is not None:
             zeros = rw.add_constant(f"{node.name}_zeros", lambda: groups_of(w)[2], before=node, key=(*key, "zeros"))
             rw.count("linears with asymmetric groups")
+        if _use_native(w, opts, zeros is not None, rows_at_example(node, gm), timings):
+            rw.count("native gemv")
+            return native_kernels.write_gemv_native(rw, node, node.args[0], q, scales, zeros, bias), rw.constant(q)
         rw.count("gemv")
         return write_gemv_grouped(rw, node, node.args[0], q, scales, zeros, bias), rw.constant(q)
 
@@ -242,6 +254,18 @@ def quantize_weights_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
     if timings is not None:
         timings.save()
     return rw.result()
+
+
+def _use_native(weight, opts: WeightInt8Options, zeros: bool, rows: int, timings) -> bool:
+    """Whether a grouped int8 linear runs on fxopt's native kernel (:mod:`fxopt.native_kernels`): forced by
+    ``kernel="native"``, or measured faster than Inductor's gemv loop for its shape on this machine."""
+    if opts.kernel != "measure":
+        return opts.kernel == "native"
+    if not native_kernels.available() or opts.group_size % 16:
+        return False
+    n, k = weight.shape
+    times = timings.get_grouped_int8(max(rows, 1), k, n, opts.group_size, zeros)
+    return "native" in times and times["native"] < times["gemv"] * (1 - GEMV_MARGIN)
 
 
 def _use_gemv(node, gm, weight, act, kernel: str, timings) -> bool:

@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
 import torch
 
 import fxopt
+from fxopt import native_kernels
 from fxopt.artifact import MANIFEST
 from fxopt.errors import ArtifactError, InputError
 
@@ -176,6 +179,15 @@ def test_causal_lm_artifact_generates_like_eager(tiny_llama, tmp_path):
     torch.testing.assert_close(loaded(input_ids=ids).logits, tiny_llama(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
     want = tiny_llama.generate(ids, max_new_tokens=20, do_sample=False, min_new_tokens=20)
     assert torch.equal(loaded.generate(ids, max_new_tokens=20, min_new_tokens=20), want)
+    if native_kernels.available():  # the decode package calls fxopt's attention kernel: a new process loads it first
+        manifest = json.loads((path / "manifest.json").read_text())
+        assert manifest["packages"]["decode"]["native_ops"] == ["fxopt.decode_attention.default"]
+        torch.save(ids, tmp_path / "ids.pt")
+        script = (f"import torch, fxopt; ids = torch.load({str(tmp_path / 'ids.pt')!r}); "
+                  f"print(fxopt.load({str(path)!r}).generate(ids, max_new_tokens=20, min_new_tokens=20).tolist())")
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert json.loads(run.stdout.strip().splitlines()[-1]) == want.tolist()
     with pytest.raises(InputError, match="max_cache_len=48"):
         loaded.generate(ids, max_new_tokens=40)
     encoder_only = fxopt.save(compiled, tmp_path / "forward-only.fxopt", generation=False, verbose=False)

@@ -213,7 +213,8 @@ def test_a_decode_precision_changes_the_decode_graph_only(tiny, precision, pass_
         assert "lm_head.weight = const : f32[" in decode  # the LM head stays fp32
     else:
         assert "lm_head.weight" not in decode and "const : i8[128, 64]" in decode  # its int8 copy instead
-        assert graphs.decode.report.pipeline.record(pass_name).stats["gemv"] == 2 * 4 + 1  # 2 × (qkv, o, gate_up, down) + head
+        stats = graphs.decode.report.pipeline.record(pass_name).stats  # each shape on the kernel measured faster
+        assert stats.get("gemv", 0) + stats.get("native gemv", 0) == 2 * 4 + 1  # 2 × (qkv, o, gate_up, down) + head
     ids = torch.randint(4, 128, (2, 12))
     got = compiled.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
     want = tiny.generate(input_ids=ids, max_new_tokens=6, do_sample=False)

@@ -21,6 +21,7 @@ from test_fuse_layer_norm import SqrtLayerNorm
 from test_fuse_rms_norm import RMSNorm
 from test_fuse_sibling_linears import QKV
 from test_compression import GeluMLP, LowRankLinear
+from test_single_query_attention import gqa_step
 from test_prune_attention_heads import MHA
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
@@ -80,6 +81,9 @@ EXAMPLES = {
     "fuse-layer-norm": ("fxopt.passes.fuse_layer_norm", SqrtLayerNorm(), (torch.randn(2, 7, 16),), {}),
     "fuse-rms-norm": ("fxopt.passes.fuse_rms_norm", RMSNorm(), (torch.randn(2, 7, 16),), {}),
     "fuse-attention": ("fxopt.passes.fuse_attention", Attention(), _attention_inputs(), {"rtol": 1e-4}),
+    "single-query-attention": ("fxopt.passes.single_query_attention", gqa_step,
+                                         (torch.randn(1, 4, 1, 8), torch.randn(1, 2, 16, 8),
+                                          torch.randn(1, 2, 16, 8), torch.ones(1, 1, 1, 16, dtype=torch.bool)), {}),
     "fuse-sibling-linears": ("fxopt.passes.fuse_sibling_linears", QKV(), (torch.randn(3, 8),), {}),
     "select-gemm-backend": ("fxopt.passes.select_gemm_backend", _linear(), (torch.randn(4, 10, 64),),
                             {"options": GemmOptions(backend="mkl")}),

@@ -125,7 +125,8 @@ def test_grouped_int8_runs_as_a_gemv_on_int8_weights_in_inductor():
     q4_1, _ = _on_gguf_grids(256, 64)
     model.up.weight.data = q4_1
     compiled, (code, *_) = run_and_get_code(lambda: fxopt.compile(
-        model, torch.randn(1, 1, 64), passes="eliminate-dead-nodes,quantize-weights-int8{group_size=32,scheme=auto}"))
+        model, torch.randn(1, 1, 64),
+        passes="eliminate-dead-nodes,quantize-weights-int8{group_size=32,scheme=auto,kernel=gemv}"))
     assert "_weight_int8pack_mm" not in code and "mkldnn._linear_pointwise" not in code
     assert "extern_kernels.addmm" not in code and code.count("device='cpu', dtype=torch.int8)") == 3
     assert "(256, 64), (64, 1), device='cpu', dtype=torch.float32)" not in code  # up's weight: no fp32 copy

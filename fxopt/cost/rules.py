@@ -92,7 +92,7 @@ def rule(target, in_shapes: list, out_shapes: list, args: tuple) -> OpCost | Non
         return OpCost(matmul=2 * m * x[-1] * w[-1], elementwise=m * w[-1])
     if name == "qlinear_prepack":  # a constant's packing: Inductor's freezing folds it, nothing runs per call
         return OpCost(is_view=True)
-    if name in ("_weight_int8pack_mm", "_weight_int4pack_mm_for_cpu"):  # weight-only kernels: x (rows, in)
+    if name in ("_weight_int8pack_mm", "_weight_int4pack_mm_for_cpu", "gemv_int8_grouped"):  # weight-only: x (.., in)
         x = in_shapes[0]
         m = numel(x[:-1])
         return OpCost(matmul=2 * m * x[-1] * out[-1], elementwise=m * out[-1])
@@ -110,7 +110,7 @@ def rule(target, in_shapes: list, out_shapes: list, args: tuple) -> OpCost | Non
         a, b = in_shapes[0], in_shapes[1]
         k = a[-1]
         return OpCost(matmul=2 * numel(out) * k)
-    if name in ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu"):
+    if name in ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu", "decode_attention"):
         q, k, v = in_shapes[0], in_shapes[1], in_shapes[2]
         b_h_l = numel(q[:-1])
         s = k[-2]
