@@ -47,7 +47,8 @@ DECODE_PRECISIONS = ("fp32", "bf16", "int8-weight-only", "int4-weight-only")
 #: each group's grid chosen (symmetric or asymmetric), the LM head included: SmolLM2's GGUF weights lie on such
 #: grids, so it reproduces them (100% of fp32's tokens on the chat prompts; one scale per row: 63%).
 _DECODE_PASS = {"bf16": ("cast-linears-bf16", {"skip": ("lm_head",), "kernel": "auto"}),
-                "int8-weight-only": ("quantize-weights-int8", {"group_size": 32, "scheme": "auto", "kernel": "measure"}),
+                "int8-weight-only": ("quantize-weights-int8",
+                                     {"group_size": 32, "scheme": "auto", "kernel": "measure"}),
                 "int4-weight-only": ("quantize-weights-int4", {"skip": ["lm_head"]})}
 
 

@@ -30,7 +30,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "fuse-layer-norm",                 # decomposed LayerNorm (DeBERTa, Cohere) → aten.layer_norm
     "fuse-rms-norm",                   # decomposed RMSNorm → aten.rms_norm (after: a LayerNorm contains one)
     "fuse-attention",                  # softmax(QKᵀ·scale + mask)·V → scaled_dot_product_attention
-    "single-query-attention",  # ... but one query (a decode step): spelled out on the K/V heads
+    "single-query-attention",          # ... but one query (a decode step): fxopt's kernel on the K/V heads
     "fuse-sibling-linears",            # q/k/v and gate/up projections → one linear + split
     "select-gemm-backend",             # each linear on the GEMM library measured fastest here (oneDNN or MKL)
 )

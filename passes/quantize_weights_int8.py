@@ -20,8 +20,9 @@ exact fp32.
 ``group_size=g`` gives each group of ``g`` inputs of a row its own scale instead (few rows only: these run as
 :func:`fxopt.gemv.gemv_grouped` in Inductor's loop or as fxopt's native kernel ``fxopt::gemv_int8_grouped``,
 :mod:`fxopt.native_kernels`; ``kernel="measure"`` times both per shape on this machine and keeps the faster: on an
-Intel Xeon the native kernel won every SmolLM2 layer's linear and lost the LM head), on a symmetric grid (``q * s``), an asymmetric one (``q * s + z``, from the
-group's min and max), or per group whichever reconstructs the group better (``scheme="auto"``). A weight that
+Intel Xeon the native kernel won every SmolLM2 layer's linear and lost the LM head), on a symmetric grid
+(``q * s``), an asymmetric one (``q * s + z``, from the group's min and max), or per group whichever reconstructs
+the group better (``scheme="auto"``). A weight that
 already lies on such a grid comes back exactly: SmolLM2's GGUF stores its linears as Q4_1 (blocks of 32 on an
 asymmetric 4-bit grid: with group 32, asymmetric int8 reproduces them to 4e-8 relative) and its embedding, the LM
 head, as Q8_0 (blocks of 32, symmetric int8: reproduced exactly), where one scale per row leaves an error of 0.8%
