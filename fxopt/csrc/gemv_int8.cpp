@@ -5,7 +5,7 @@
 // q: int8 [out, in]; s, z: fp32 [out, in / g]; x: fp32 [..., in], contiguous. Activations stay fp32: each int8
 // weight is widened to fp32 in registers and multiplied into one of ROWS independent accumulators (one per
 // output channel of a block), and each group's sum is scaled once, so the loop issues three vector instructions
-// per 16 weights and reads every weight once. Built by fxopt on the machine that runs it (-march=native); the
+// per 16 weights and reads every weight once, prefetching the next block's. Built by fxopt on the machine that runs it (-march=native); the
 // AVX-512 path is the fast one, the portable path is exact and slow (fxopt measures before choosing it).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -41,6 +41,9 @@ inline void block(const float* x, const int8_t* q, const float* s, const float* 
   for (int64_t j = 0; j < groups; ++j) {
     __m512 part[R];
     for (int u = 0; u < R; ++u) part[u] = _mm512_setzero_ps();
+    // the next block's rows at this group: with the hardware prefetcher alone SmolLM2's decode linears streamed
+    // at 11 GB/s, with this at 16 GB/s (Intel Xeon, 2 threads; a prefetch past the end never faults)
+    for (int u = 0; u < R; ++u) _mm_prefetch(reinterpret_cast<const char*>(q + (u + R) * k + j * g), _MM_HINT_T0);
     for (int64_t t = 0; t < g; t += 16) {
       const __m512 xv = _mm512_loadu_ps(x + j * g + t);
       for (int u = 0; u < R; ++u) {
