@@ -215,7 +215,10 @@ class GemmTimings:
         return self.table[key]
 
     def get_grouped_int8(self, rows: int, k: int, n: int, group: int, zeros: bool) -> dict[str, float]:
-        key = f"int8-grouped,{group},{int(zeros)},{rows},{k},{n}"
+        from fxopt import native_kernels
+
+        # keyed by the native kernels' sources too: a changed kernel is timed again
+        key = f"int8-grouped,{group},{int(zeros)},{rows},{k},{n},native-{native_kernels.source_digest()}"
         if key not in self.table:
             self.table[key] = measure_grouped_int8(rows, k, n, group, zeros, self.reps)
             self.measured += 1

@@ -64,10 +64,14 @@ _lock = threading.Lock()
 _state: dict[str, str | None] = {}  # "error": why the library could not be built or loaded; "path": where it is
 
 
+def source_digest() -> str:
+    """A digest of the kernels' sources: a build, or a timing of a kernel, is only valid for these sources."""
+    return hashlib.sha1(b"".join(path.read_bytes() for path in SOURCES)).hexdigest()[:12]
+
+
 def library_path() -> Path:
     """Where this machine's build of the current sources lives."""
-    sources = hashlib.sha1(b"".join(path.read_bytes() for path in SOURCES)).hexdigest()[:12]
-    return cache_dir() / f"native-{machine_key().digest()}-{sources}" / "fxopt_native.so"
+    return cache_dir() / f"native-{machine_key().digest()}-{source_digest()}" / "fxopt_native.so"
 
 
 def _build(target: Path) -> None:

@@ -11,6 +11,7 @@ from conftest import MLP
 from fxopt import native_kernels
 from fxopt.gemv import gemv_grouped
 from fxopt.passes.quantize_weights_int8 import quantize_groups
+from fxopt.testing import check_pass
 
 pytestmark = pytest.mark.skipif(not native_kernels.available(), reason=f"no native build: {native_kernels.why_unavailable()}")
 
@@ -57,7 +58,7 @@ def test_measure_picks_the_kernel_this_machine_runs_faster(monkeypatch, native_m
 
     monkeypatch.setattr(gemm_backends.GemmTimings, "get_grouped_int8",
                         lambda self, *a: {"gemv": 1.0, "native": native_ms})
-    result = fxopt.testing.check_pass(
+    result = check_pass(
         "quantize-weights-int8", MLP().eval(), torch.randn(1, 1, 64),
         options=fxopt.passes.quantize_weights_int8.make_options(group_size=32), rtol=2e-2)
     assert result.stats[expected] == 3
@@ -65,5 +66,5 @@ def test_measure_picks_the_kernel_this_machine_runs_faster(monkeypatch, native_m
 
 def test_native_kernel_is_refused_for_groups_it_cannot_run():
     with pytest.raises(Exception, match="multiple of 16"):
-        fxopt.testing.check_pass("quantize-weights-int8", MLP().eval(), torch.randn(1, 1, 64),
+        check_pass("quantize-weights-int8", MLP().eval(), torch.randn(1, 1, 64),
                                  options=fxopt.passes.quantize_weights_int8.make_options(group_size=8, kernel="native"))
