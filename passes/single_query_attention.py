@@ -86,7 +86,6 @@ class SingleQueryOptions:
 def single_query_attention(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     """SDPA of one query per sequence → fxopt's decode-attention kernel (or the attention spelled out) over the
     un-repeated K/V heads."""
-    native = ctx.options.native and native_kernels.available()
     rw = Rewriter(gm)
     for node in list(gm.graph.find_nodes(op="call_function", target=aten.scaled_dot_product_attention.default)):
         q, k, v, *rest = node.args
@@ -109,7 +108,8 @@ def single_query_attention(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRe
             rw.count("left alone (mask shape)")
             continue
         scale = node.kwargs.get("scale") or 1 / math.sqrt(dim)
-        if native and _native_fits(q_val, keys, values):
+        # available() builds the kernels on first use: only a graph with a matching attention pays for that
+        if ctx.options.native and _native_fits(q_val, keys, values) and native_kernels.available():
             rw.replace(node, rw.call(torch.ops.fxopt.decode_attention.default, (q, keys, values, mask, scale),
                                      before=node))
             rw.count("attentions (native kernel)")
