@@ -80,8 +80,10 @@ def compile(
     next tokens must agree with the fp32 model's on at least ``decode_accuracy_budget`` of the example prompt's
     positions (:mod:`fxopt.decode_guard`).
     ``quantize`` runs the linears in lower precision under an accuracy budget (:mod:`fxopt.quant_planner`):
-    ``"int8"`` (int8 GEMMs, per-token dynamic activation scales), ``"bf16"``, ``"auto"`` (per linear int8, bf16
-    or fp32, planned to hold the budget) or ``"int8-weight-only"``. ``calibration``: example inputs (a list of
+    ``"int8"`` (int8 GEMMs, per-token dynamic activation scales), ``"int8-static"`` (int8 GEMMs, activation
+    scales fixed from ``calibration``, which it requires; the linears it hurts most fall back to dynamic int8 or
+    higher precision), ``"bf16"``, ``"auto"`` (per linear int8, bf16 or fp32, planned to hold the budget) or
+    ``"int8-weight-only"``. ``calibration``: example inputs (a list of
     batches like ``example_inputs``; default: the example inputs) on which the planner measures sensitivity
     and checks ``accuracy_budget``: a number for the model's default metric (encoders: min pooled cosine,
     default 0.995; causal LMs: relative perplexity increase, default 0.02) or ``{"metric": bound}``.

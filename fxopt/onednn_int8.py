@@ -43,11 +43,17 @@ def available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(onednn, "qlinear_pointwise")
 
 
-def emit_qlinear(rw, q_rows, weight_int8, weight_scales, before):
-    """``(q_rows @ weight_int8ᵀ) · weight_scales`` in fp32, for uint8 ``q_rows`` (zero point 0 here: callers
-    correct for their own zero points) and a constant int8 ``weight_int8`` (out × in)."""
+def emit_qlinear(rw, q_rows, weight_int8, weight_scales, before, *, x_scale: float = 1.0, x_zero_point: int = 0,
+                 bias=None, post_op: str = "none", output: tuple[float, int] | None = None):
+    """``((q_rows - x_zero_point) · x_scale) @ (weight_int8 · weight_scales)ᵀ (+ bias)`` in fp32, for uint8
+    ``q_rows`` and a constant int8 ``weight_int8`` (out × in). With the defaults (scale 1, zero point 0) it is the
+    raw ``Σ q_x · q_w · s_w``, for callers that apply per-row scales and zero points themselves. ``post_op="gelu"``
+    applies the exact GELU in oneDNN's epilogue; ``output=(scale, zero_point)`` returns uint8 in that
+    quantization instead of fp32."""
     register_fake_prepack()
     packed = rw.call(onednn.qlinear_prepack.default, (weight_int8, None), before=before)
+    out_scale, out_zero_point = output if output is not None else (1.0, 0)
     return rw.call(onednn.qlinear_pointwise.default,
-                   (q_rows, 1.0, 0, packed, weight_scales, None, None, 1.0, 0, torch.float32, "none", [], ""),
-                   before=before)
+                   (q_rows, float(x_scale), int(x_zero_point), packed, weight_scales, None, bias, float(out_scale),
+                    int(out_zero_point), torch.uint8 if output is not None else torch.float32, post_op, [],
+                    "none" if post_op == "gelu" else ""), before=before)

@@ -2,21 +2,23 @@
 
 ``fxopt.compile(model, inputs, quantize="auto", calibration=batches, accuracy_budget=...)`` inserts the pass
 this module builds (``plan-precision``) after the fusions and before the passes that rewrite linears
-(``quantize-dynamic-int8``, ``cast-linears-bf16``). It does not rewrite anything itself: it labels each linear
+(``quantize-static-int8``, ``quantize-dynamic-int8``, ``cast-linears-bf16``). It does not rewrite anything itself: it labels each linear
 node with ``node.meta["fxopt.precision"]`` and the reason, and those passes rewrite the linears labelled
 with their precision. How it decides, on the calibration batches only:
 
 1. **Sensitivity.** It runs the fp32 graph once per batch, keeps each linear's input, and measures each linear's
    own relative output error in int8 (``‖y_int8 − y‖ / ‖y‖``) — one GEMM per linear, no graph rerun; the
-   report shows it per linear.
+   report shows it per linear. For ``"int8-static"`` it also calibrates each linear's input range
+   (:mod:`fxopt.calibration`: min/max or percentile, whichever gives that linear the smaller error).
 2. **Search.** Every plan is measured end to end by *simulating* it (:class:`PlanSimulator`: the graph
    interpreted with fake-quantized linears, numerically what the int8 kernels compute) and scoring the outputs
    with the budget's metric (:mod:`fxopt.metrics`). When all-int8 misses the budget, the linears are grouped
    by role (``layers.*.mlp.down_proj``: the module path without its layer index), and each role is scored by
    what keeping it out of int8 buys end to end. A linear's own error is a poor guide here: on SmolLM2 the
    q/k/v projections have the largest own errors, while ``down_proj`` and ``lm_head`` decide the answers. The
-   roles then move to the higher precision, best first, until the plan holds. "auto" first tries bf16 as the
-   higher precision, then fp32 if even all-bf16 fails.
+   roles then move to the higher precision, best first, until the plan holds. "auto" starts from all-int8 and
+   "int8-static" from all static; the higher precisions are tried in order (:func:`higher_precisions`):
+   per-token int8 after static, bf16 where this machine runs it faster than fp32, then fp32.
 3. **Verdict.** ``quantize="int8"`` or ``"bf16"`` puts every linear in that precision. Whatever the mode,
    ``fxopt.compile`` then scores the *compiled* model on the calibration batches (:mod:`fxopt.quantize`): a
    miss raises :class:`fxopt.AccuracyBudgetError` naming the most sensitive linears and what was achieved, so
@@ -37,7 +39,8 @@ import torch.fx
 import torch.utils._pytree as pytree
 from tabulate import tabulate
 
-from fxopt import metrics
+from fxopt import calibration, metrics
+from fxopt.calibration import RANGE_KEY, ActivationRange
 from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.passes.quantize_dynamic_int8 import MIN_SCALE
 from fxopt.passes.quantize_weights_int8 import linear_location, quantize_per_channel
@@ -45,9 +48,12 @@ from fxopt.passes.quantize_weights_int8 import linear_location, quantize_per_cha
 aten = torch.ops.aten
 
 #: the modes of ``fxopt.compile(quantize=...)``
-MODES = ("int8", "bf16", "auto", "int8-weight-only")
+MODES = ("int8", "int8-static", "bf16", "auto", "int8-weight-only")
+#: the modes that fix activation scales at compile time, so need calibration data
+STATIC_MODES = ("int8-static",)
 #: the pass that rewrites the linears of each precision the planner assigns
-PRECISION_PASSES = {"int8": "quantize-dynamic-int8", "bf16": "cast-linears-bf16"}
+PRECISION_PASSES = {"int8-static": "quantize-static-int8", "int8": "quantize-dynamic-int8",
+                    "bf16": "cast-linears-bf16"}
 #: the metric and bound used when ``accuracy_budget`` is a bare number or None, by output kind
 DEFAULT_BUDGETS = {"embedding": ("min_cosine", 0.995), "logits": ("perplexity", 0.02)}
 META_KEY = "fxopt.precision"
@@ -104,6 +110,8 @@ class LayerChoice:
     int8_error: float  # the linear's own relative output error in int8, on the calibration batches
     precision: str = "int8"
     reason: str = ""
+    static: ActivationRange | None = None  # int8-static: the calibrated input range (and its observer)
+    static_error: float | None = None  # ... and the linear's own error with it
 
 
 @dataclass
@@ -125,9 +133,14 @@ class PrecisionPlan:
         return out
 
     def table(self) -> str:
-        rows = [[l.location, f"{l.shape[1]}→{l.shape[0]}", f"{l.int8_error * 100:.2f}%", l.precision, l.reason]
+        static = any(l.static is not None for l in self.layers)
+        rows = [[l.location, f"{l.shape[1]}→{l.shape[0]}", f"{l.int8_error * 100:.2f}%",
+                 *([f"{l.static_error * 100:.2f}% ({l.static.observer} [{l.static.low:.3g}, {l.static.high:.3g}])"
+                    if l.static is not None else "-"] if static else []), l.precision, l.reason]
                 for l in self.layers]
-        return tabulate(rows, headers=["linear", "in→out", "int8 error", "precision", "why"], tablefmt="github")
+        headers = ["linear", "in→out", "int8 error", *(["static int8 error (range)"] if static else []),
+                   "precision", "why"]
+        return tabulate(rows, headers=headers, tablefmt="github")
 
     def most_sensitive(self, n: int = 5) -> str:
         worst = sorted(self.layers, key=lambda l: -l.int8_error)[:n]
@@ -147,15 +160,18 @@ class PrecisionPlan:
 
 class PlanSimulator(torch.fx.Interpreter):
     """Runs the graph with the linears named in ``precision`` computed as their quantized kernels compute them:
-    int8 = per-token asymmetric uint8 activations × per-channel symmetric int8 weights; bf16 = bf16 operands,
-    fp32 accumulation. ``record`` keeps each linear's input instead (for the sensitivity step)."""
+    int8 = per-token asymmetric uint8 activations × per-channel symmetric int8 weights; int8-static = the same
+    with the input's calibrated range (``ranges``) instead of each token's; bf16 = bf16 operands, fp32
+    accumulation. ``record`` keeps each linear's input instead (for the sensitivity step)."""
 
     def __init__(self, gm: torch.fx.GraphModule, precision: dict[str, str] | None = None,
-                 record: dict[str, list[torch.Tensor]] | None = None, weights: dict | None = None):
+                 record: dict[str, list[torch.Tensor]] | None = None, weights: dict | None = None,
+                 ranges: dict[str, ActivationRange] | None = None):
         super().__init__(gm)
         self.precision = precision or {}
         self.record = record
         self.weights = weights if weights is not None else {}
+        self.ranges = ranges or {}
 
     def run_node(self, n: torch.fx.Node) -> Any:
         if n.op != "call_function" or n.target is not aten.linear.default:
@@ -167,17 +183,27 @@ class PlanSimulator(torch.fx.Interpreter):
         if mode == "fp32":
             return aten.linear.default(*args, **kwargs)
         return simulate_linear(mode, args[0], args[1], args[2] if len(args) > 2 else None,
-                               self.weights, n.name)
+                               self.weights, n.name, self.ranges.get(n.name))
 
 
-def simulate_linear(mode: str, x: torch.Tensor, w: torch.Tensor, bias, cache: dict, key: str) -> torch.Tensor:
+def dequantized_int8(w: torch.Tensor) -> torch.Tensor:
+    """The weight as the int8 kernels see it: per-channel int8, back in fp32."""
+    q, scales = quantize_per_channel(w)
+    return q.float() * scales[:, None].float()
+
+
+def simulate_linear(mode: str, x: torch.Tensor, w: torch.Tensor, bias, cache: dict, key: str,
+                    static: ActivationRange | None = None) -> torch.Tensor:
     if mode == "bf16":
         # bf16 operands, fp32 accumulation and result: what oneDNN's bf16 GEMM returns once Inductor fuses the cast
         out = torch.nn.functional.linear(x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float())
+    elif mode == "int8-static":
+        if key not in cache:
+            cache[key] = dequantized_int8(w)
+        out = torch.nn.functional.linear(calibration.fake_quantize(x, static.low, static.high), cache[key])
     else:
         if key not in cache:
-            q, scales = quantize_per_channel(w)
-            cache[key] = q.float() * scales[:, None].float()
+            cache[key] = dequantized_int8(w)
         low = x.amin(-1, keepdim=True).clamp_max(0)
         high = x.amax(-1, keepdim=True).clamp_min(0)
         scale = ((high - low) / 255.0).clamp_min(MIN_SCALE)
@@ -240,7 +266,7 @@ class Scorer:
 # -- the pass -----------------------------------------------------------------------------------------------
 @dataclass
 class PlanOptions:
-    mode: str = "auto"  # int8 | bf16 | auto
+    mode: str = "auto"  # int8 | int8-static | bf16 | auto
     metric: str = ""  # empty: the output kind's default
     bound: float = float("nan")  # nan: the metric's default
 
@@ -248,8 +274,8 @@ class PlanOptions:
 def precision_planner(mode: str, budget: Any, calibration: list[list[torch.Tensor]],
                       out_spec: pytree.TreeSpec, input_names: Sequence[str]) -> tuple[GraphPass, Any]:
     """The ``plan-precision`` pass for one compile, bound to its calibration batches (flat graph inputs)."""
-    if mode not in ("int8", "bf16", "auto"):
-        raise ValueError(f"the planner plans int8, bf16 or auto, not {mode!r}")
+    if mode not in ("int8", "int8-static", "bf16", "auto"):
+        raise ValueError(f"the planner plans int8, int8-static, bf16 or auto, not {mode!r}")
     spec = output_spec(out_spec, input_names)
     resolved = resolve_budget(budget, spec.kind)
 
@@ -278,21 +304,40 @@ def quantizable_linears(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
     return out
 
 
+def higher_precisions(low: str) -> tuple[str, ...]:
+    """Where the planner moves the roles that ``low`` hurts most, in the order it tries them: dynamic int8 after
+    static int8, then bf16 — only where this machine's measured bf16 GEMM rate beats its fp32 rate (without
+    AVX512-BF16 or AMX, bf16 is emulated and slower than fp32) — then fp32."""
+    from fxopt.cost import machine_peaks
+    peaks = machine_peaks()
+    bf16 = ("bf16",) if peaks.bf16_flops > peaks.fp32_flops else ()
+    return (*(("int8",) if low == "int8-static" else ()), *bf16, "fp32")
+
+
 def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputSpec,
               batches: list[list[torch.Tensor]]) -> PrecisionPlan:
     linears = quantizable_linears(gm)
+    low = "int8-static" if mode == "int8-static" else "int8"  # what the search starts from
     with torch.no_grad():
         record: dict[str, list[torch.Tensor]] = {n.name: [] for n in linears}
         reference = [PlanSimulator(gm, record=record).run(*b)[spec.output_index] for b in batches]
-        layers = [LayerChoice(n.name, linear_location(n), tuple(_constant(gm, n.args[1]).shape),
-                              _int8_error(n, record.pop(n.name), gm)) for n in linears]
+        layers = []
+        for n in linears:
+            w, inputs = _constant(gm, n.args[1]), record.pop(n.name)
+            layer = LayerChoice(n.name, linear_location(n), tuple(w.shape), _int8_error(w, inputs))
+            if low == "int8-static":
+                layer.static, layer.static_error = calibration.choose_range(inputs, w, dequantized_int8(w))
+            layers.append(layer)
+        del record
         scorer = Scorer(budget, spec, batches, reference)
         plan = PrecisionPlan(mode, budget, layers, reference=scorer.fp32, reference_outputs=reference)
         weights: dict = {}
+        ranges = {l.node: l.static for l in layers if l.static is not None}
 
         def simulate(choice: dict[str, str]) -> float:
             plan.evaluations += 1
-            outs = [PlanSimulator(gm, choice, weights=weights).run(*b)[spec.output_index] for b in batches]
+            outs = [PlanSimulator(gm, choice, weights=weights, ranges=ranges).run(*b)[spec.output_index]
+                    for b in batches]
             return scorer.score(outs)
 
         if mode in ("int8", "bf16"):  # every linear in that precision; the compiled model is checked afterwards
@@ -302,29 +347,31 @@ def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputS
         roles: dict[str, list[LayerChoice]] = {}
         for layer in layers:
             roles.setdefault(role_of(layer.location), []).append(layer)
-        all_int8 = simulate({l.node: "int8" for l in layers})
-        if scorer.holds(all_int8, target):
-            _apply(gm, plan, {l.node: "int8" for l in layers}, lambda l: "int8 holds the budget", all_int8)
+        all_low = simulate({l.node: low for l in layers})
+        if scorer.holds(all_low, target):
+            _apply(gm, plan, {l.node: low for l in layers}, lambda l: f"{low} holds the budget", all_low)
             return plan
-        for high in ("bf16", "fp32"):
+        highs = higher_precisions(low)
+        for high in highs:
             def keep(chosen: Sequence[str], high=high) -> dict[str, str]:
-                return {l.node: (high if role_of(l.location) in chosen else "int8") for l in layers}
+                return {l.node: (high if role_of(l.location) in chosen else low) for l in layers}
 
-            # what keeping each role out of int8 buys, measured end to end; then the best roles first
-            gain = {r: scorer.loss(all_int8) - scorer.loss(simulate(keep([r]))) for r in roles}
+            # what keeping each role out of `low` buys, measured end to end; then the best roles first
+            gain = {r: scorer.loss(all_low) - scorer.loss(simulate(keep([r]))) for r in roles}
             ranked = sorted(roles, key=lambda r: -gain[r])
             for k in range(1, len(ranked) + 1):
                 chosen = ranked[:k]
                 value = simulate(keep(chosen))
                 if scorer.holds(value, target) or (high == "fp32" and k == len(ranked)):
                     _apply(gm, plan, keep(chosen), lambda l, high=high: (
-                        f"{role_of(l.location)} kept {high}: int8 there costs the most accuracy end to end"
-                        if l.precision == high else "int8 holds the budget"), value)
-                    plan.notes.append("roles by what int8 costs: " + ", ".join(
+                        f"{role_of(l.location)} kept {high}: {low} there costs the most accuracy end to end"
+                        if l.precision == high else f"{low} holds the budget"), value)
+                    plan.notes.append(f"roles by what {low} costs: " + ", ".join(
                         f"{r} ({gain[r]:+.4g})" for r in ranked))
                     return plan
-            plan.notes.append(f"even every linear in bf16 misses the budget "
-                              f"({metrics.describe(budget.metric, value, scorer.fp32)}); trying fp32")
+            plan.notes.append(f"even every linear in {high} misses the budget "
+                              f"({metrics.describe(budget.metric, value, scorer.fp32)}); trying "
+                              f"{highs[highs.index(high) + 1]}")
         raise AssertionError("unreachable: all-fp32 holds any budget")
 
 
@@ -335,8 +382,7 @@ def role_of(location: str) -> str:
     return re.sub(r"\.\d+\.", ".*.", path).removeprefix("model.")
 
 
-def _int8_error(node: torch.fx.Node, inputs: list[torch.Tensor], gm: torch.fx.GraphModule) -> float:
-    w = _constant(gm, node.args[1])
+def _int8_error(w: torch.Tensor, inputs: list[torch.Tensor]) -> float:
     num = den = 0.0
     for x in inputs:
         y = torch.nn.functional.linear(x, w)
@@ -357,6 +403,8 @@ def _apply(gm, plan: PrecisionPlan, choice: dict[str, str], reason, value: float
         layer.precision = choice.get(layer.node, "fp32")
         layer.reason = reason(layer)
         by_name[layer.node].meta[META_KEY] = layer.precision
+        if layer.precision == "int8-static":
+            by_name[layer.node].meta[RANGE_KEY] = layer.static
     plan.simulated = value
 
 

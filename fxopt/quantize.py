@@ -19,7 +19,7 @@ from fxopt.compiled_graph import CompiledGraph
 from fxopt.errors import AccuracyBudgetError, CalibrationError, FxoptError, InputError
 from fxopt.graph_pass import GraphPass
 from fxopt.ir.capture import CapturedModel
-from fxopt.quant_planner import MODES, PRECISION_PASSES, Scorer, output_spec, plan_of, precision_planner
+from fxopt.quant_planner import MODES, PRECISION_PASSES, STATIC_MODES, Scorer, output_spec, plan_of, precision_planner
 from fxopt.registry import get_pass
 
 Pipeline = list[tuple[GraphPass, Any]]
@@ -38,6 +38,10 @@ def check_request(quantize: str | None, accuracy_budget: Any, calibration: Any, 
     if isinstance(accuracy_budget, dict):
         for name in accuracy_budget:
             metrics.check_metric(name)
+    if calibration is None and quantize in STATIC_MODES:
+        raise CalibrationError(f"quantize={quantize!r} fixes each activation scale at compile time from "
+                               "calibration data: pass calibration=[batch, ...] (inputs like example_inputs, on "
+                               "text like what the model will see)")
     if calibration is not None:
         _check_calibration(calibration)
 
@@ -75,7 +79,7 @@ def precision_pipeline(pipeline: Pipeline, quantize: str, accuracy_budget: Any, 
         input_names = [s.path for s in captured.tensor_slots]
         added = [_default("smooth-activations")] if quantize != "bf16" and "smooth-activations" not in names else []
         added += [precision_planner(quantize, accuracy_budget, batches, captured.out_spec, input_names)]
-        added += [_default(PRECISION_PASSES[p]) for p in ("int8", "bf16") if PRECISION_PASSES[p] not in names]
+        added += [_default(p) for p in PRECISION_PASSES.values() if p not in names]
     return [*pipeline[:at], *added, *pipeline[at:]]
 
 
@@ -101,7 +105,8 @@ def verify_compiled(graph: CompiledGraph, batches: list[list[torch.Tensor]]) -> 
         simulated = ("" if plan.simulated is None else f" (the plan's simulation gave "
                      f"{metrics.describe(plan.budget.metric, plan.simulated, scorer.fp32)})")
         advice = ("use quantize='auto' to keep the most sensitive linears in higher precision, or loosen "
-                  "accuracy_budget" if plan.mode != "auto" else "loosen accuracy_budget or calibrate on more data")
+                  "accuracy_budget" if plan.mode in ("int8", "bf16") else
+                  "loosen accuracy_budget or calibrate on more data")
         raise AccuracyBudgetError(
             f"quantize={plan.mode!r} misses the accuracy budget ({plan.budget.describe()}) on the calibration "
             f"batches: {metrics.describe(plan.budget.metric, plan.compiled, scorer.fp32)}{simulated}. The most "

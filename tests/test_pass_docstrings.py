@@ -89,6 +89,8 @@ EXAMPLES = {
                             {"options": GemmOptions(backend="mkl")}),
     "quantize-dynamic-int8": ("fxopt.passes.quantize_dynamic_int8", _linear(), (torch.randn(4, 10, 64),),
                               {"rtol": 5e-2}),
+    "quantize-static-int8": ("fxopt.passes.quantize_static_int8", _linear(), (torch.randn(4, 10, 64),),
+                             {"rtol": 5e-2, "options": fxopt.passes.quantize_static_int8.make_options(observer="minmax")}),
     "quantize-weights-int8": ("fxopt.passes.quantize_weights_int8", _linear(), (torch.randn(4, 10, 64),), {"rtol": 2e-2}),
     "quantize-weights-int4": ("fxopt.passes.quantize_weights_int4", _linear(), (torch.randn(4, 10, 64),), {"rtol": 0.2}),
     "cast-linears-bf16": ("fxopt.passes.cast_linears_bf16", _linear(), (torch.randn(4, 10, 64),), {"rtol": 2e-2}),

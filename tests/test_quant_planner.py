@@ -66,7 +66,7 @@ def test_calibration_batches_are_bound_like_calls(mlp):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"quantize": "int4"}, fxopt.FxoptError, "unknown quantize mode 'int4'; choose one of int8, bf16, auto"),
+    ({"quantize": "int4"}, fxopt.FxoptError, "unknown quantize mode 'int4'; choose one of int8, int8-static, bf16, auto"),
     ({"quantize": "int8", "accuracy_budget": {"bleu": 30}}, metrics.MetricError,
      "unknown accuracy metric 'bleu'; choose one of min_cosine, perplexity, next_token_agreement"),
     ({"quantize": "int8", "calibration": []}, CalibrationError, "non-empty list"),
@@ -106,3 +106,13 @@ def test_evaluation_text_is_not_the_calibration_text():
     assert len(sentences) == 64 and len(set(sentences)) == 64
     calibration = sample_text()
     assert not any(s in calibration for s in sentences)
+
+
+@pytest.mark.parametrize("bf16_rate, expected", [(4e11, ("bf16", "fp32")), (4e10, ("fp32",))])
+def test_bf16_is_a_fallback_only_where_this_machine_runs_it_faster_than_fp32(monkeypatch, bf16_rate, expected):
+    """Without AVX512-BF16 or AMX, bf16 GEMMs are emulated and slower than fp32 (41 against 141 GFLOP/s on an
+    Intel Xeon host): the planner then moves what int8 costs too much straight to fp32."""
+    from fxopt import cost, quant_planner
+    monkeypatch.setattr(cost, "machine_peaks", lambda: cost.MachinePeaks(1.4e11, bf16_rate, 5e11, 3e10))
+    assert quant_planner.higher_precisions("int8") == expected
+    assert quant_planner.higher_precisions("int8-static") == ("int8", *expected)

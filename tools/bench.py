@@ -100,20 +100,54 @@ def torchao_int8_config(model, inputs):
     return lambda **kw: compiled(**kw), ""
 
 
-def pt2e_static_int8_config(model, inputs):
-    """PT2E static int8: export, X86InductorQuantizer's default config, calibrated on the example inputs,
-    torch.compile with freezing (Inductor lowers the Q/DQ form to oneDNN int8 kernels)."""
+def pt2e_static_int8_config(model, inputs, calibration):
+    """PT2E static int8: export, X86InductorQuantizer's default config, calibrated on the bench's calibration
+    batches (:func:`calibration_batches`, as fxopt's static mode), torch.compile with freezing (Inductor lowers the
+    Q/DQ form to oneDNN int8 kernels)."""
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     extra = {"use_cache": False} if getattr(model.config, "use_cache", False) else {}  # no cache object out
     exported = torch.export.export(model, (), {**inputs, **extra}, strict=False).module()
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(exported, quantizer)
-    prepared(**inputs, **extra)
+    for batch in calibration:
+        prepared(**batch, **extra)
     converted = convert_pt2e(prepared)
-    compiled = torch.compile(converted, options={"freezing": True})
+    # Inductor's global freezing flag, not options={"freezing": True}: with the option alone (torch 2.13, torchao
+    # 0.18) the int8 weights reach Inductor as graph inputs, the weight prepack is not folded, and lowering fails
+    # on onednn.qlinear_prepack. This is how torchao's PT2E tutorial compiles (its own process: see the docstring).
+    torch._inductor.config.freezing = True
+    compiled = torch.compile(converted)
     out_type = type(model(**inputs))
     return lambda **kw: out_type(**compiled(**kw, **extra)), ""
+
+
+pt2e_static_int8_config.calibrated = True
+
+
+def fxopt_static_config(model, inputs, calibration):
+    """fxopt's static int8 (``quantize="int8-static"``), calibrated on the bench's calibration batches."""
+    return fxopt_config(quantize="int8-static", calibration=calibration)(model, inputs)
+
+
+fxopt_static_config.calibrated = fxopt_static_config.predicts = True
+
+
+def calibration_batches(source, inputs, batch: int, seq: int) -> list:
+    """What the static int8 rows calibrate on: the benchmark input, and for a model with a tokenizer one more
+    batch of :func:`fxopt.metrics.calibration_sentences` (never the held-out text) — one padded sentence per row
+    for an encoder, as it will embed them, and rows of running text for a causal LM."""
+    if source.tokenizer is None or not isinstance(inputs, dict):
+        return [inputs]
+    sentences = metrics.calibration_sentences()
+    if source.is_causal_lm:
+        ids = source.tokenizer(" ".join(sentences), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        rows = ids[: batch * seq].reshape(batch, seq)
+        extra = {"input_ids": rows, "attention_mask": torch.ones_like(rows)}
+    else:
+        extra = dict(source.tokenizer(sentences[:batch], padding="max_length", truncation=True, max_length=seq,
+                                      return_tensors="pt"))
+    return [inputs, {k: v for k, v in extra.items() if k in inputs}]
 
 
 def predicted_speedup(compiled, batch: int, seq: int) -> float:
@@ -142,6 +176,7 @@ CONFIGS: dict[str, Callable] = {
     "fxopt (weights frozen)": fxopt_config(freezing=True),
     "fxopt bf16": fxopt_config(quantize="bf16"),
     "fxopt int8": fxopt_config(quantize="int8"),
+    "fxopt int8-static": fxopt_static_config,
     "fxopt auto": fxopt_config(quantize="auto"),
     # the recipe that keeps SmolLM2's answers (docs/quantization.md): int8 but down_proj and lm_head in bf16
     "fxopt int8 + bf16 down_proj & lm_head": fxopt_config(passes=",".join(
@@ -271,7 +306,10 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build
     build = build or (fxopt_config(passes=passes) if config == CUSTOM_PASSES else CONFIGS[config])
     with torch.no_grad():
         start = time.perf_counter()
-        candidate, extra = build(model, inputs)
+        if getattr(build, "calibrated", False):
+            candidate, extra = build(model, inputs, calibration_batches(source, inputs, batch, seq))
+        else:
+            candidate, extra = build(model, inputs)
         output = call(candidate, inputs)  # first call: compilation happens here for torch.compile
         compile_s = time.perf_counter() - start
         reference = call(model, inputs)

@@ -26,7 +26,7 @@ import sys
 from tabulate import tabulate
 
 from fxopt.decode_graphs import DECODE_PRECISIONS
-from fxopt.quant_planner import MODES
+from fxopt.quant_planner import MODES, STATIC_MODES
 from fxopt.tools.bench import positive_int
 
 
@@ -41,11 +41,14 @@ def _optimize(args) -> int:
         fxopt.build_pipeline(args.passes)  # a bad spec is one line before any model loads
     holder = {}
 
-    def build(model, inputs):
+    def build(model, inputs, calibration=None):
         compiled = fxopt.compile(model, inputs, passes=args.passes, verbose=args.verbose, quantize=args.quantize,
-                                 accuracy_budget=args.accuracy_budget)
+                                 accuracy_budget=args.accuracy_budget, calibration=calibration)
         holder["compiled"] = compiled
         return compiled, ""
+
+    # a static mode calibrates on the bench's calibration batches (the example and calibration text)
+    build.calibrated = args.quantize in STATIC_MODES
 
     print(f"[fxopt] loading {args.model}, compiling, then timing {args.reps} interleaved rounds…", file=sys.stderr)
     batch, seq = workload(args.model, args.batch, args.seq)

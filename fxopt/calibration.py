@@ -1,0 +1,84 @@
+"""Calibration for static int8: the activation range of each linear, observed on the calibration batches.
+
+A static scale is fixed at compile time, so it must cover the values the linear will see; what it cannot cover
+is clipped. Two observers, both over every calibration batch:
+
+* **min/max** — the extreme values seen: nothing seen is clipped, but one outlier stretches the scale and every
+  other value loses resolution;
+* **percentile** — the ``PERCENTILE`` and ``100 − PERCENTILE`` quantiles: the rare extremes are clipped, the
+  rest keeps more resolution.
+
+:func:`choose_range` measures both on the linear itself (its int8 output error on the calibration inputs, one
+GEMM each) and keeps the better: the planner (:mod:`fxopt.quant_planner`) records the choice in
+``node.meta[RANGE_KEY]`` and the plan's table, and ``quantize-static-int8`` reads it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+#: where the planner leaves a linear's calibrated input range for ``quantize-static-int8``
+RANGE_KEY = "fxopt.activation_range"
+#: the percentile observer's upper quantile (in percent); the lower one is ``100 - PERCENTILE``
+PERCENTILE = 99.99
+#: torch.quantile's input limit; larger calibration inputs are sampled evenly
+_QUANTILE_MAX = 1 << 24
+OBSERVERS = ("minmax", "percentile")
+
+
+@dataclass(frozen=True)
+class ActivationRange:
+    low: float
+    high: float
+    observer: str
+
+    def __iter__(self):
+        return iter((self.low, self.high))
+
+
+def static_qparams(low: float, high: float) -> tuple[float, int]:
+    """Scale and zero point of asymmetric uint8 for ``[low, high]`` (widened to hold 0, as oneDNN needs)."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max((high - low) / 255.0, 1e-10)
+    return scale, int(min(max(round(-low / scale), 0), 255))
+
+
+def fake_quantize(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """What ``quantize-static-int8`` feeds the GEMM, back in fp32: ``(q - z) · s``."""
+    scale, zero_point = static_qparams(low, high)
+    q = (torch.round(x * (1.0 / scale)) + zero_point).clamp(0, 255)
+    return (q - zero_point) * scale
+
+
+def observe(inputs: list[torch.Tensor], observer: str) -> ActivationRange:
+    """The range of ``inputs`` (one linear's inputs, one per calibration batch) by ``observer``."""
+    if observer == "minmax":
+        return ActivationRange(min(float(x.min()) for x in inputs), max(float(x.max()) for x in inputs), observer)
+    if observer != "percentile":
+        raise ValueError(f"unknown observer {observer!r}; choose one of {', '.join(OBSERVERS)}")
+    flat = torch.cat([x.reshape(-1).float() for x in inputs])
+    if flat.numel() > _QUANTILE_MAX:
+        flat = flat[:: math.ceil(flat.numel() / _QUANTILE_MAX)]
+    q = torch.quantile(flat, torch.tensor([1 - PERCENTILE / 100, PERCENTILE / 100]))
+    return ActivationRange(float(q[0]), float(q[1]), observer)
+
+
+def range_error(inputs: list[torch.Tensor], weight: torch.Tensor, dequantized_weight: torch.Tensor,
+                r: ActivationRange) -> float:
+    """The linear's relative output error on ``inputs`` with its input quantized in ``r`` (and the weight as the
+    int8 kernel sees it): ``‖y_int8 − y‖ / ‖y‖``."""
+    num = den = 0.0
+    for x in inputs:
+        y = torch.nn.functional.linear(x, weight)
+        num += float((torch.nn.functional.linear(fake_quantize(x, r.low, r.high), dequantized_weight) - y).pow(2).sum())
+        den += float(y.pow(2).sum())
+    return math.sqrt(num / max(den, 1e-30))
+
+
+def choose_range(inputs: list[torch.Tensor], weight: torch.Tensor, dequantized_weight: torch.Tensor
+                 ) -> tuple[ActivationRange, float]:
+    """The observer whose range gives this linear the smaller :func:`range_error` on ``inputs``, with that error."""
+    scored = [(r, range_error(inputs, weight, dequantized_weight, r)) for r in (observe(inputs, o) for o in OBSERVERS)]
+    return min(scored, key=lambda pair: pair[1])
