@@ -5,7 +5,7 @@ is clipped. Two observers, both over every calibration batch:
 
 * **min/max** — the extreme values seen: nothing seen is clipped, but one outlier stretches the scale and every
   other value loses resolution;
-* **percentile** — the ``PERCENTILE`` and ``100 − PERCENTILE`` quantiles: the rare extremes are clipped, the
+* **percentile** — the ``PERCENTILE`` and ``100 − PERCENTILE`` percentiles (nearest rank): the rare extremes are clipped, the
   rest keeps more resolution.
 
 :func:`choose_range` measures both on the linear itself (its int8 output error on the calibration inputs, one
@@ -23,8 +23,6 @@ import torch
 RANGE_KEY = "fxopt.activation_range"
 #: the percentile observer's upper quantile (in percent); the lower one is ``100 - PERCENTILE``
 PERCENTILE = 99.99
-#: torch.quantile's input limit; larger calibration inputs are sampled evenly
-_QUANTILE_MAX = 1 << 24
 OBSERVERS = ("minmax", "percentile")
 
 
@@ -59,10 +57,11 @@ def observe(inputs: list[torch.Tensor], observer: str) -> ActivationRange:
     if observer != "percentile":
         raise ValueError(f"unknown observer {observer!r}; choose one of {', '.join(OBSERVERS)}")
     flat = torch.cat([x.reshape(-1).float() for x in inputs])
-    if flat.numel() > _QUANTILE_MAX:
-        flat = flat[:: math.ceil(flat.numel() / _QUANTILE_MAX)]
-    q = torch.quantile(flat, torch.tensor([1 - PERCENTILE / 100, PERCENTILE / 100]))
-    return ActivationRange(float(q[0]), float(q[1]), observer)
+    n = flat.numel()
+
+    def nearest_rank(percent: float) -> float:  # a selection, not a sort: kthvalue is linear in n
+        return float(flat.kthvalue(min(max(round(percent / 100 * (n - 1)) + 1, 1), n)).values)
+    return ActivationRange(nearest_rank(100 - PERCENTILE), nearest_rank(PERCENTILE), observer)
 
 
 def range_error(inputs: list[torch.Tensor], weight: torch.Tensor, dequantized_weight: torch.Tensor,

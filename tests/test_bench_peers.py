@@ -18,15 +18,16 @@ def tiny_bert():
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def test_pt2e_peer_lowers_to_onednn_int8(tiny_bert, monkeypatch):
+def test_pt2e_peer_lowers_to_onednn_int8(tiny_bert):
     """The PT2E row runs (torch 2.13 + torchao 0.18 fail in freezing unless Inductor's global freezing flag is
-    set: the bench's process sets it, this test puts it back)."""
-    monkeypatch.setattr(torch._inductor.config, "freezing", False)
+    set: the bench's process sets it, this test puts it back — with config.patch: monkeypatch would delete the
+    config entry on undo)."""
     model, inputs = tiny_bert
-    with torch.no_grad():
+    with torch.no_grad(), torch._inductor.config.patch(freezing=False):
         call, _ = bench.pt2e_static_int8_config(model, inputs, [inputs])
         out, (code, *_) = run_and_get_code(lambda: call(**inputs))
         ref = model(**inputs)
+    assert torch._inductor.config.freezing is False
     assert "onednn.qlinear_pointwise" in code
     assert type(out) is type(ref)
     assert metrics.min_cosine(ref.last_hidden_state, out.last_hidden_state) > 0.9
