@@ -113,8 +113,7 @@ def write_gemv_grouped(rw: Rewriter, before: torch.fx.Node, x: torch.fx.Node, q:
     groups = scales.meta["val"].shape[1]
     ones = [1] * (rank - 1)
     x = rw.call(force_stride_order, (x, contiguous_strides(val)), before=before)
-    sizes = [rw.call(aten.sym_size.int, (x, i), before=before) if isinstance(d, torch.SymInt) else int(d)
-             for i, d in enumerate(val.shape[:-1])]
+    sizes = rw.sizes(val.shape[:-1], x, before=before)
     xg = rw.call(aten.view.default, (x, [1, *sizes, groups, k // groups]), before=before)
     # Every product involves x, so Inductor's freezing cannot fold a dequantized fp32 weight out of the constants.
     w = rw.call(aten.view.default, (q, [n, *ones, groups, k // groups]), before=before)

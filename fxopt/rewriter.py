@@ -30,6 +30,8 @@ from fxopt.ir.meta import infer_meta
 from fxopt.ir.ops import OWN_CONSTANT_PREFIX  # noqa: F401 - re-exported: where passes and lowering look for it
 from fxopt.ir.printer import format_node
 
+aten = torch.ops.aten
+
 
 class Rewriter:
     """Records every edit made to a graph module; the source of a pass's ``changed`` and stats."""
@@ -88,6 +90,12 @@ class Rewriter:
         infer_meta(self.gm, new)
         self.edits += 1
         return new
+
+    def sizes(self, shape, source: torch.fx.Node, *, before: torch.fx.Node) -> list:
+        """``shape`` as view arguments: each symbolic size read from ``source`` at the same axis
+        (``aten.sym_size.int``), the others as ints."""
+        return [self.call(aten.sym_size.int, (source, i), before=before) if isinstance(d, torch.SymInt) else int(d)
+                for i, d in enumerate(shape)]
 
     def add_constant(self, name_hint: str, tensor: torch.Tensor | Callable[[], torch.Tensor], *,
                      before: torch.fx.Node, key: tuple | None = None) -> torch.fx.Node:

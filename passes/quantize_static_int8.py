@@ -98,9 +98,9 @@ def _observe_example(gm, example_inputs, observer: str) -> None:
         node.meta[RANGE_KEY] = observe([x], observer)
 
 
-def _gelu_epilogue(node):
+def _gelu_epilogue(node, will_rewrite):
     """``(gelu, consumer)`` when the linear's only use is an exact GELU (else ``(None, None)``); ``consumer`` is
-    the GELU's only use when that is the input of a linear the planner made int8-static, else None."""
+    the GELU's only use when that is the input of a linear this pass rewrites (``will_rewrite``), else None."""
     if len(node.users) != 1:
         return None, None
     gelu = next(iter(node.users))
@@ -109,16 +109,23 @@ def _gelu_epilogue(node):
         return None, None
     consumer = next(iter(gelu.users)) if len(gelu.users) == 1 else None
     if consumer is None or consumer.target is not aten.linear.default or consumer.args[0] is not gelu \
-            or consumer.meta.get(PRECISION_KEY) != "int8-static" or RANGE_KEY not in consumer.meta:
+            or not will_rewrite(consumer):
         return gelu, None
     return gelu, consumer
 
 
+def _will_rewrite(rw, node, opts: StaticInt8Options) -> bool:
+    """Whether ``rewrite_linears`` will hand this linear to the pass (so it may be given uint8 input)."""
+    w = rw.constant(node.args[1])
+    where = linear_location(node)
+    return (w is not None and w.dtype == torch.float32 and w.dim() == 2 and not node.kwargs
+            and node.meta.get(PRECISION_KEY) in (None, "int8-static") and RANGE_KEY in node.meta
+            and (not opts.only or any(s in where for s in opts.only)) and not any(s in where for s in opts.skip))
+
+
 def _sizes(rw, node, x, w):
     """The linear's output shape, symbolic sizes read from ``x``."""
-    shape = [*node.meta["val"].shape[:-1], w.shape[0]]
-    return [rw.call(aten.sym_size.int, (x, i), before=node) if isinstance(d, torch.SymInt) else int(d)
-            for i, d in enumerate(shape)]
+    return rw.sizes([*node.meta["val"].shape[:-1], w.shape[0]], x, before=node)
 
 
 def quantize_tensor(rw, rows, scale: float, zero_point: int, before):
@@ -157,7 +164,7 @@ def quantize_static_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
         rows = rw.call(aten.view.default, (x, [-1, w.shape[1]]), before=node)
         if x.meta.get(QUANTIZED_KEY) != (scale, zero_point):  # else: a fused epilogue already made it uint8
             rows = quantize_tensor(rw, rows, scale, zero_point, node)
-        gelu, consumer = _gelu_epilogue(node)
+        gelu, consumer = _gelu_epilogue(node, lambda n: _will_rewrite(rw, n, opts))
         if gelu is not None and opts.fuse_gelu:
             # oneDNN applies the GELU to the accumulators, so no Inductor kernel computes it; where the next linear
             # is static int8 too, it also writes uint8 in that linear's scale, and the fp32 activation (4× the

@@ -170,9 +170,7 @@ def rewrite_linears(gm: torch.fx.GraphModule, skip: Sequence[str], act: torch.dt
             mm = rw.call(aten._to_copy.default, (mm,), {"dtype": torch.float32}, before=node)
         if bias is not None:
             mm = rw.call(aten.add.Tensor, (mm, bias), before=node)
-        shape = [*node.meta["val"].shape[:-1], out_features]
-        sizes = [rw.call(aten.sym_size.int, (x, i), before=node) if isinstance(d, torch.SymInt) else int(d)
-                 for i, d in enumerate(shape)]
+        sizes = rw.sizes([*node.meta["val"].shape[:-1], out_features], x, before=node)
         rw.replace(node, rw.call(aten.view.default, (mm, sizes), before=node))
         rw.count("linears")
         quantized = rw.constant(nodes[0])

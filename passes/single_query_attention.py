@@ -67,8 +67,7 @@ def unrepeated_heads(node: torch.fx.Node) -> tuple[torch.fx.Node, int] | None:
 
 def _sizes(rw: Rewriter, ref: torch.fx.Node, before: torch.fx.Node, shape) -> list:
     """``shape`` with each symbolic size read from ``ref`` at the same dim (only the batch is symbolic)."""
-    return [rw.call(aten.sym_size.int, (ref, i), before=before) if isinstance(d, torch.SymInt) else int(d)
-            for i, d in enumerate(shape)]
+    return rw.sizes(shape, ref, before=before)
 
 
 def _mask_fits(mask, q_val, kv_heads: int, group: int) -> bool:

@@ -102,3 +102,12 @@ def test_calibration_that_does_not_fit_is_named(mlp):
     model, x = mlp
     with pytest.raises(CalibrationError, match="calibration batch 1 does not fit"):
         fxopt.compile(model, x, quantize="int8-static", calibration=[x, torch.randn(4, 10, 32)])
+
+
+def test_a_skipped_next_linear_gets_fp32_from_the_fused_gelu(mlp):
+    """The GELU still runs in oneDNN's epilogue, but a linear the pass leaves alone must not be handed uint8."""
+    model, x = mlp
+    compiled = fxopt.compile(model, x, passes="eliminate-dead-nodes,quantize-static-int8{observer=minmax,skip=[down]}")
+    stats = compiled.report.pipeline.record("quantize-static-int8").stats
+    assert stats["linears"] == 2 and stats["GELU fused"] == 1 and "GELU fused, uint8 out" not in stats
+    assert metrics.min_cosine(model(x), compiled(x)) > 0.99
