@@ -44,3 +44,12 @@ def test_calibration_batches_add_calibration_text_never_the_held_out_text(minilm
     held_out = " ".join(metrics.evaluation_sentences(64)).lower()
     assert all(t and t.lower()[:40] not in held_out for t in text)
     assert batches[1]["attention_mask"].sum() < batches[1]["attention_mask"].numel()  # padded sentences
+
+
+def test_a_causal_lms_calibration_batch_is_running_text_of_any_size():
+    from fxopt.model_source import load_source
+    source = load_source("smollm2")
+    inputs = source.inputs(1, 16)
+    for batch, seq in ((1, 16), (4, 4096)):  # the second is more than the calibration text's ~7,300 tokens
+        extra = bench.calibration_batches(source, inputs, batch, seq)[1]
+        assert extra["input_ids"].shape == (batch, seq) and bool(extra["attention_mask"].all())

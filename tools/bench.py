@@ -142,7 +142,7 @@ def calibration_batches(source, inputs, batch: int, seq: int) -> list:
     sentences = metrics.calibration_sentences()
     if source.is_causal_lm:
         ids = source.tokenizer(" ".join(sentences), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        rows = ids[: batch * seq].reshape(batch, seq)
+        rows = ids.repeat(batch * seq // ids.numel() + 1)[: batch * seq].reshape(batch, seq)  # ~7,300 tokens
         extra = {"input_ids": rows, "attention_mask": torch.ones_like(rows)}
     else:
         extra = dict(source.tokenizer(sentences[:batch], padding="max_length", truncation=True, max_length=seq,
