@@ -64,16 +64,22 @@ def observe(inputs: list[torch.Tensor], observer: str) -> ActivationRange:
     return ActivationRange(nearest_rank(100 - PERCENTILE), nearest_rank(PERCENTILE), observer)
 
 
-def range_error(inputs: list[torch.Tensor], weight: torch.Tensor, dequantized_weight: torch.Tensor,
-                r: ActivationRange) -> float:
-    """The linear's relative output error on ``inputs`` with its input quantized in ``r`` (and the weight as the
-    int8 kernel sees it): ``‖y_int8 − y‖ / ‖y‖``."""
+def relative_error(inputs: list[torch.Tensor], weight: torch.Tensor, approximate) -> float:
+    """A linear's relative output error over ``inputs``, ``‖approximate(x) − x·Wᵀ‖ / ‖x·Wᵀ‖``."""
     num = den = 0.0
     for x in inputs:
         y = torch.nn.functional.linear(x, weight)
-        num += float((torch.nn.functional.linear(fake_quantize(x, r.low, r.high), dequantized_weight) - y).pow(2).sum())
+        num += float((approximate(x) - y).pow(2).sum())
         den += float(y.pow(2).sum())
     return math.sqrt(num / max(den, 1e-30))
+
+
+def range_error(inputs: list[torch.Tensor], weight: torch.Tensor, dequantized_weight: torch.Tensor,
+                r: ActivationRange) -> float:
+    """The linear's relative output error on ``inputs`` with its input quantized in ``r`` (and the weight as the
+    int8 kernel sees it)."""
+    return relative_error(inputs, weight, lambda x: torch.nn.functional.linear(fake_quantize(x, r.low, r.high),
+                                                                               dequantized_weight))
 
 
 def choose_range(inputs: list[torch.Tensor], weight: torch.Tensor, dequantized_weight: torch.Tensor

@@ -383,13 +383,9 @@ def role_of(location: str) -> str:
 
 
 def _int8_error(w: torch.Tensor, inputs: list[torch.Tensor]) -> float:
-    num = den = 0.0
-    for x in inputs:
-        y = torch.nn.functional.linear(x, w)
-        d = simulate_linear("int8", x, w, None, {}, "") - y
-        num += float(d.pow(2).sum())
-        den += float(y.pow(2).sum())
-    return math.sqrt(num / max(den, 1e-30))
+    """The linear's own relative output error in per-token int8."""
+    cache: dict = {}
+    return calibration.relative_error(inputs, w, lambda x: simulate_linear("int8", x, w, None, cache, ""))
 
 
 def _constant(gm, node) -> torch.Tensor:

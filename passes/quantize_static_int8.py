@@ -48,7 +48,7 @@ from fxopt.calibration import RANGE_KEY, observe, static_qparams
 from fxopt.errors import PassError
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
 from fxopt.onednn_int8 import emit_qlinear
-from fxopt.passes.quantize_weights_int8 import PRECISION_KEY, linear_location, quantize_per_channel, rewrite_linears
+from fxopt.passes.quantize_weights_int8 import linear_location, linear_selected, quantize_per_channel, rewrite_linears
 
 aten = torch.ops.aten
 
@@ -114,15 +114,6 @@ def _gelu_epilogue(node, will_rewrite):
     return gelu, consumer
 
 
-def _will_rewrite(rw, node, opts: StaticInt8Options) -> bool:
-    """Whether ``rewrite_linears`` will hand this linear to the pass (so it may be given uint8 input)."""
-    w = rw.constant(node.args[1])
-    where = linear_location(node)
-    return (w is not None and w.dtype == torch.float32 and w.dim() == 2 and not node.kwargs
-            and node.meta.get(PRECISION_KEY) in (None, "int8-static") and RANGE_KEY in node.meta
-            and (not opts.only or any(s in where for s in opts.only)) and not any(s in where for s in opts.skip))
-
-
 def _sizes(rw, node, x, w):
     """The linear's output shape, symbolic sizes read from ``x``."""
     return rw.sizes([*node.meta["val"].shape[:-1], w.shape[0]], x, before=node)
@@ -164,7 +155,8 @@ def quantize_static_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResu
         rows = rw.call(aten.view.default, (x, [-1, w.shape[1]]), before=node)
         if x.meta.get(QUANTIZED_KEY) != (scale, zero_point):  # else: a fused epilogue already made it uint8
             rows = quantize_tensor(rw, rows, scale, zero_point, node)
-        gelu, consumer = _gelu_epilogue(node, lambda n: _will_rewrite(rw, n, opts))
+        gelu, consumer = _gelu_epilogue(node, lambda n: RANGE_KEY in n.meta and linear_selected(
+            rw, n, opts.skip, opts.only, "int8-static") is True)
         if gelu is not None and opts.fuse_gelu:
             # oneDNN applies the GELU to the accumulators, so no Inductor kernel computes it; where the next linear
             # is static int8 too, it also writes uint8 in that linear's scale, and the fp32 activation (4× the

@@ -120,6 +120,22 @@ def linear_location(node) -> str:
     return f"{node.args[1].target} {path}".strip()
 
 
+def linear_selected(rw: Rewriter, node, skip: Sequence[str], only: Sequence[str] = (),
+                    precision: str | None = None) -> bool | str:
+    """Whether :func:`rewrite_linears` rewrites this linear: True; ``"skip"`` when ``skip`` names it; False when
+    it is not an fp32 constant-weight linear, ``only`` leaves it out, or the planner labelled it another precision."""
+    weight = rw.constant(node.args[1])
+    if weight is None or weight.dtype != torch.float32 or weight.dim() != 2 or node.kwargs:
+        return False
+    planned = node.meta.get(PRECISION_KEY)
+    if planned is not None and planned != precision:
+        return False
+    where = linear_location(node)
+    if only and not any(s in where for s in only):
+        return False
+    return "skip" if any(s in where for s in skip) else True
+
+
 def rewrite_linears(gm: torch.fx.GraphModule, skip: Sequence[str], act: torch.dtype, kernel, constants, *,
                     only: Sequence[str] = (), precision: str | None = None, direct=None) -> Rewriter:
     """Replace every fp32 constant-weight linear (not skipped; with ``only``, just those it names; where the
@@ -132,19 +148,13 @@ def rewrite_linears(gm: torch.fx.GraphModule, skip: Sequence[str], act: torch.dt
     rw = Rewriter(gm)
     saved = 0
     for node in list(gm.graph.find_nodes(op="call_function", target=aten.linear.default)):
+        selected = linear_selected(rw, node, skip, only, precision)
+        if selected == "skip":
+            rw.count("kept fp32 (skip)")
+        if selected is not True:
+            continue
         weight = rw.constant(node.args[1])
         bias = node.args[2] if len(node.args) > 2 else None
-        if weight is None or weight.dtype != torch.float32 or weight.dim() != 2 or node.kwargs:
-            continue
-        planned = node.meta.get(PRECISION_KEY)
-        if planned is not None and planned != precision:
-            continue
-        where = linear_location(node)
-        if only and not any(s in where for s in only):
-            continue
-        if any(s in where for s in skip):
-            rw.count("kept fp32 (skip)")
-            continue
         if direct is not None:
             written = direct(rw, node, weight, bias)
             if written is not None:
