@@ -3,8 +3,10 @@
 ``onednn.qlinear_pointwise`` is the x86 int8 GEMM that PT2E's Q/DQ form turns into under Inductor with freezing.
 fxopt calls it directly, because the activation forms it needs (per-token scales) have no Q/DQ spelling that
 Inductor lowers. Its weight comes from ``onednn.qlinear_prepack`` applied to a constant: the graph stays runnable
-eagerly (the pass manager's numeric check packs on every call), and Inductor's freezing folds the packing into
-a constant, so the compiled code packs once.
+eagerly (the pass manager's numeric check packs on every call), and the lowering packs once. By default
+(``freezing="auto"``) :func:`fxopt.unfrozen_lowering.lift_weights` packs each weight and passes the packed tensor
+to the compiled code as an input, so Inductor's caches serve the next compile; with ``freezing=True`` Inductor's
+freezing folds the packing into a constant of its code.
 
 Two facts decide the form, both measured (a 1024 × 384 → 1536 linear, AMD EPYC with AVX-512 VNNI):
 

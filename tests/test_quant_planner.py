@@ -116,3 +116,21 @@ def test_bf16_is_a_fallback_only_where_this_machine_runs_it_faster_than_fp32(mon
     monkeypatch.setattr(cost, "machine_peaks", lambda: cost.MachinePeaks(1.4e11, bf16_rate, 5e11, 3e10))
     assert quant_planner.higher_precisions("int8") == expected
     assert quant_planner.higher_precisions("int8-static") == ("int8", *expected)
+
+
+def test_a_plan_must_hold_the_budget_under_fp32_sized_noise(mlp, monkeypatch):
+    """Quantization is discontinuous, so a plan that holds in one simulation is simulated again with its linears'
+    inputs moved by noise; each run must hold the full budget. Noise far above fp32's makes every int8 plan
+    fail that check, and the planner keeps moving roles up until one holds."""
+    from fxopt import quant_planner
+
+    model, x = mlp
+    compiled = fxopt.compile(model, x, quantize="auto", accuracy_budget=0.999, passes="eliminate-dead-nodes")
+    plan = compiled.report.precision
+    assert len(plan.noisy) == quant_planner.NOISE_RUNS and all(v >= 0.999 for v in plan.noisy)
+    assert "under fp32-sized noise: min cosine" in plan.summary()
+    monkeypatch.setattr(quant_planner, "NOISE", 0.2)
+    noisy = fxopt.compile(model, x, quantize="auto", accuracy_budget=0.999, passes="eliminate-dead-nodes")
+    plan = noisy.report.precision
+    assert any("under fp32-sized noise: rejected" in note for note in plan.notes)
+    assert _precisions(noisy) == ["fp32"] * 3 and plan.compiled >= 0.999

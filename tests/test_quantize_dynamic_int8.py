@@ -64,12 +64,31 @@ def test_inductor_runs_onednn_int8_gemms_with_weights_packed_once():
         lambda: fxopt.compile(model, x, passes="eliminate-dead-nodes,quantize-dynamic-int8"))
     calls = [line for line in code.splitlines() if "= torch.ops.onednn.qlinear_pointwise" in line]
     assert len(calls) == 3  # the int8 GEMM, on every call
-    assert all("_frozen_param" in line for line in calls)  # ... on weights packed into constants by freezing
+    assert not any("_frozen_param" in line for line in calls)  # ... on weights packed once, passed as inputs
     assert "= torch.ops.onednn.qlinear_prepack" not in code  # so nothing packs at run time
+    assert not any("frozen into" in note for note in compiled.report.notes)  # so Inductor's caches serve the next compile
     assert "mkldnn._linear_pointwise" not in code and "extern_kernels.addmm" not in code  # no fp32 GEMM left
     assert _rel(compiled(x), model(x)) < 5e-2
     x2 = torch.randn(7, 10, 64)  # another batch size: the same compiled code
     assert _rel(compiled(x2), model(x2)) < 5e-2
+
+
+def test_a_second_int8_compile_loads_from_the_caches_and_runs_its_own_weights(tmp_path, monkeypatch):
+    """The packed int8 weights are inputs of the compiled code, not constants in it: the caches key on the graph
+    and the shapes, so a model with other weights loads the same code and runs with its own weights."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    spec = "eliminate-dead-nodes,quantize-dynamic-int8"
+    x = torch.randn(4, 10, 64)
+    torch.manual_seed(0)
+    first_model, second_model = MLP().eval(), MLP().eval()
+    first = fxopt.compile(first_model, x, passes=spec)
+    hits = counters["aot_autograd"]["autograd_cache_hit"]
+    second = fxopt.compile(second_model, x, passes=spec)
+    assert counters["aot_autograd"]["autograd_cache_hit"] == hits + 1
+    assert _rel(second(x), second_model(x)) < 5e-2 and _rel(first(x), first_model(x)) < 5e-2
+    assert _rel(second_model(x), first_model(x)) > 0.5  # two different models, each run on its own weights
 
 
 def test_bf16_pass_and_its_gemm_in_inductor():

@@ -64,7 +64,7 @@ def test_int8_static_runs_onednn_with_fixed_scales_and_the_gelu_in_its_epilogue(
     stats = compiled.report.pipeline.record("quantize-static-int8").stats
     assert stats["linears"] == 3 and stats["GELU fused, uint8 out"] == 1
     calls = [line for line in code.splitlines() if "= torch.ops.onednn.qlinear_pointwise" in line]
-    assert len(calls) == 3 and all("_frozen_param" in line for line in calls)  # weights packed once
+    assert len(calls) == 3 and "= torch.ops.onednn.qlinear_prepack" not in code  # weights packed once
     gelu = [line for line in calls if "'gelu'" in line]
     assert len(gelu) == 1 and "torch.uint8" in gelu[0]  # up's GELU in oneDNN, uint8 straight into down
     assert "erf(" not in code  # no Inductor kernel computes the GELU
