@@ -35,9 +35,9 @@ it keys the caches by shape, as any input; the packed bytes are never pickled)::
     %p = onednn.qlinear_prepack(%w, None)             ──▶      %y = onednn.qlinear_pointwise(%q, …, %w_packed, …)
     %y = onednn.qlinear_pointwise(%q, …, %p, …)
 
-Measured on MiniLM (Intel Xeon host, BENCHMARKS.md): the int8 graph's second compile, in a new process, drops
-from 45 s to the warm fp32 compile's range, and the compiled code runs the same oneDNN calls on the same packed
-weights. Frozen, Inductor refused to cache it ("mkldnn tensors unpickleable": the packed constants enter its key).
+Measured on MiniLM (Intel Xeon host, BENCHMARKS.md): the int8 graph's second compile in a new process took 45 s
+frozen, when Inductor refused to cache it ("mkldnn tensors unpickleable": the packed constants enter its key), and
+takes 1.45× the warm fp32 compile now; the compiled code runs the same oneDNN calls on the same packed weights.
 
 Inductor lowers ``mkldnn._linear_pointwise`` and ``mkl._mkl_linear`` only for a constant weight (an ``assert`` in
 ``torch/_inductor/mkldnn_lowerings.py``, torch 2.13, which exists for its autotuner); :func:`_allow_input_weights`

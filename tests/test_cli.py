@@ -26,6 +26,7 @@ def test_passes_lists_the_default_pipeline():
     (("bench", "--plot", "/nonexistent/dir/p.png"), "--plot:"),
     (("optimize", "minilm", "--batch", "0"), "--batch: must be at least 1, got 0"),
     (("bench", "--warm-start", "--models", "gpt5"), "unknown model(s) ['gpt5']"),
+    (("bench", "--warm-start", "--modes", "fp32,int9"), "unknown mode(s) ['int9']: choose from fp32, int8"),
     (("optimize", "minilm", "--reps", "0"), "--reps must be at least 1"),
     (("frobnicate",), "invalid choice: 'frobnicate'"),
     (("generate", "smollm2", "hi", "--max-new-tokens", "0"), "--max-new-tokens must be at least 1"),
