@@ -65,6 +65,24 @@ def tensor_digest(h, tensor: torch.Tensor) -> None:
         h.update(f"<{t.layout}:{t.device.type}:{id(t)}:{os.getpid()}>".encode())  # never matches another compile
 
 
+def graph_digest(h, gm: torch.fx.GraphModule, input_sets: Sequence[Sequence[Any]]) -> None:
+    """Feed ``h`` what a run of ``gm`` computes from: its printed graph, every constant's bytes, and every input's
+    bytes in each of ``input_sets``."""
+    h.update(format_graph(gm).encode())
+    for node in gm.graph.find_nodes(op="get_attr"):
+        value = operator.attrgetter(node.target)(gm)
+        h.update(node.target.encode())
+        if isinstance(value, torch.Tensor):
+            tensor_digest(h, value)
+    for inputs in input_sets:
+        h.update(b"|inputs|")
+        for value in inputs:
+            if isinstance(value, torch.Tensor):
+                tensor_digest(h, value)
+            else:
+                h.update(repr(value).encode())
+
+
 class CheckChain:
     """The key of each check, from the captured graph on (see the module docstring)."""
 
@@ -73,17 +91,7 @@ class CheckChain:
 
         h = hashlib.blake2b(digest_size=20)
         h.update(f"{__version__}|{torch.__version__}|{machine_key().digest()}|{rtol!r}|".encode())
-        h.update(format_graph(gm).encode())
-        for node in gm.graph.find_nodes(op="get_attr"):
-            value = operator.attrgetter(node.target)(gm)
-            h.update(node.target.encode())
-            if isinstance(value, torch.Tensor):
-                tensor_digest(h, value)
-        for value in inputs:
-            if isinstance(value, torch.Tensor):
-                tensor_digest(h, value)
-            else:
-                h.update(repr(value).encode())
+        graph_digest(h, gm, [inputs])
         self.key: str | None = h.hexdigest()
 
     def advance(self, pass_name: str, options: Any, graph_fingerprint: str, *, lossy: bool) -> str | None:
@@ -98,10 +106,12 @@ class CheckChain:
 
 
 class VerdictCache:
-    """Accepted checks' errors by chain key, in one JSON file per machine."""
+    """Accepted checks' errors by chain key, in one JSON file per machine (at most ``max_entries``, the oldest
+    dropped). :mod:`fxopt.plan_cache` keeps precision plans in one too."""
 
-    def __init__(self, path: Path | None = None):
+    def __init__(self, path: Path | None = None, max_entries: int = MAX_ENTRIES):
         self.path = path or cache_path()
+        self.max_entries = max_entries
         self.entries: dict[str, dict[str, float]] = {}
         self.new: dict[str, dict[str, float]] = {}
         try:
@@ -111,10 +121,10 @@ class VerdictCache:
         except (OSError, ValueError):
             pass  # no cache yet, or an unreadable one: it is rewritten
 
-    def get(self, key: str | None) -> dict[str, float] | None:
+    def get(self, key: str | None) -> dict[str, Any] | None:
         return self.entries.get(key) if key else None
 
-    def put(self, key: str | None, verdict: dict[str, float]) -> None:
+    def put(self, key: str | None, verdict: dict[str, Any]) -> None:
         if key:
             self.new[key] = verdict
 
@@ -125,7 +135,7 @@ class VerdictCache:
         try:
             current = VerdictCache(self.path).entries
             current.update(self.new)
-            kept = dict(list(current.items())[-MAX_ENTRIES:])
+            kept = dict(list(current.items())[-self.max_entries:])
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".checks-")
             with os.fdopen(fd, "w") as f:

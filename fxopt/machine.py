@@ -90,8 +90,8 @@ def writable_output(path: str) -> str | None:
 
 
 def clear_cache() -> list[Path]:
-    """Delete fxopt's caches (machine peaks, GEMM timings, numeric-check verdicts, verified graphs, builds of the
-    native kernels) for every machine; returns what it removed."""
+    """Delete fxopt's caches (machine peaks, GEMM timings, numeric-check verdicts, verified graphs, precision
+    plans, builds of the native kernels) for every machine; returns what it removed."""
     removed = []
     if cache_dir().is_dir():
         for f in sorted(cache_dir().glob("*.json")):

@@ -25,7 +25,9 @@ with their precision. How it decides, on the calibration batches only:
    nothing compiles silently past the budget.
 
 The plan (per-layer precision, error and reason, the metric achieved) is in ``compiled.report.precision`` and
-printed with the report; ``fxopt dump`` shows each node's precision.
+printed with the report; ``fxopt dump`` shows each node's precision. A plan searched for once is remembered
+(:mod:`fxopt.plan_cache`, keyed by the graph, weights, calibration data, budget and the planner itself): the next
+compile of the same model takes it without searching, and its compiled model is checked as in step 3.
 """
 from __future__ import annotations
 
@@ -133,6 +135,7 @@ class PrecisionPlan:
     noisy: list[float] = field(default_factory=list)  # the chosen plan's metric in each noise run (NOISE)
     notes: list[str] = field(default_factory=list)
     reference_outputs: list = field(default_factory=list, repr=False)  # fp32's outputs on the calibration batches
+    cached: bool = False  # taken from an earlier compile's search (fxopt.plan_cache)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -160,7 +163,9 @@ class PrecisionPlan:
         achieved = metrics.describe(self.budget.metric, got, self.reference) if got is not None else "not measured"
         noisy = ", ".join(metrics.describe(self.budget.metric, v, self.reference) for v in self.noisy)
         notes = (f"; under fp32-sized noise: {noisy}" if noisy else "") + "".join(f"; {n}" for n in self.notes)
-        return (f"precision plan ({self.mode}): {counts}; budget {self.budget.describe()}; achieved on the "
+        cached = (" (the plan of an earlier compile with the same graph, weights, calibration data and budget: "
+                  "fxopt.plan_cache)" if self.cached else "")
+        return (f"precision plan ({self.mode}){cached}: {counts}; budget {self.budget.describe()}; achieved on the "
                 f"calibration batches: {achieved}{notes}")
 
     def __str__(self) -> str:
@@ -296,12 +301,27 @@ def precision_planner(mode: str, budget: Any, calibration: list[list[torch.Tenso
     @graph_pass("plan-precision", options=PlanOptions, level=2, tolerance="exact",
                 after=("fuse-sibling-linears",), before=tuple(PRECISION_PASSES.values()))
     def plan_precision(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-        """Label each linear int8 / bf16 / fp32 so that the accuracy budget holds (see fxopt.quant_planner)."""
-        plan = make_plan(gm, mode, resolved, spec, calibration)
+        """Label each linear int8 / bf16 / fp32 so that the accuracy budget holds (see fxopt.quant_planner); a plan
+        an earlier compile searched for with the same key is taken from fxopt.plan_cache."""
+        from fxopt import plan_cache
+
+        cache = plan_cache.PlanCache() if plan_cache.enabled() and mode in ("auto", "int8-static") else None
+        key = plan_cache.plan_key(gm, mode, resolved, calibration, higher_precisions(mode)) if cache else ""
+        linears = [n.name for n in quantizable_linears(gm)]
+        plan = cache.get(key, linears) if cache else None
+        if plan is not None:
+            with torch.no_grad():
+                plan.reference_outputs = fp32_outputs(gm, spec, calibration)
+            label(gm, plan)
+        else:
+            plan = make_plan(gm, mode, resolved, spec, calibration)
+            if cache:
+                cache.put(key, plan)
         gm.meta[PLAN_KEY] = plan
         for l in plan.layers:
             ctx.note(f"{l.location}: {l.precision} (int8 error {l.int8_error * 100:.2f}%: {l.reason})")
-        return PassResult(changed=False, stats={**plan.counts(), "plans simulated": plan.evaluations})
+        stats = {**plan.counts(), "plans simulated": 0 if plan.cached else plan.evaluations}
+        return PassResult(changed=False, stats={**stats, **({"plan cached": 1} if plan.cached else {})})
 
     return plan_precision, PlanOptions(mode, resolved.metric, resolved.bound)
 
@@ -334,7 +354,7 @@ def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputS
     low = "int8-static" if mode == "int8-static" else "int8"  # what the search starts from
     with torch.no_grad():
         record: dict[str, list[torch.Tensor]] = {n.name: [] for n in linears}
-        reference = [PlanSimulator(gm, record=record).run(*b)[spec.output_index] for b in batches]
+        reference = fp32_outputs(gm, spec, batches, record)
         layers = []
         for n in linears:
             w, inputs = _constant(gm, n.args[1]), record.pop(n.name)
@@ -405,6 +425,12 @@ def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputS
         raise AssertionError("unreachable: all-fp32 holds any budget")
 
 
+def fp32_outputs(gm: torch.fx.GraphModule, spec: OutputSpec, batches: list[list[torch.Tensor]],
+                 record: dict[str, list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
+    """The graph's output the metric reads, in fp32, on each batch (``record``: keep each linear's inputs)."""
+    return [PlanSimulator(gm, record=record).run(*b)[spec.output_index] for b in batches]
+
+
 def role_of(location: str) -> str:
     """What a linear does, without its layer index: ``… model.layers.3.mlp.down_proj`` → ``layers.*.mlp.down_proj``
     (the module path of the location, the part after the weight's name)."""
@@ -424,14 +450,21 @@ def _constant(gm, node) -> torch.Tensor:
 
 
 def _apply(gm, plan: PrecisionPlan, choice: dict[str, str], reason, value: float | None) -> None:
-    by_name = {n.name: n for n in gm.graph.nodes}
     for layer in plan.layers:
         layer.precision = choice.get(layer.node, "fp32")
         layer.reason = reason(layer)
+    plan.simulated = value
+    label(gm, plan)
+
+
+def label(gm: torch.fx.GraphModule, plan: PrecisionPlan) -> None:
+    """Write the plan into the graph: each linear's precision (and calibrated range) in its node's meta, where the
+    precision passes read it."""
+    by_name = {n.name: n for n in gm.graph.nodes}
+    for layer in plan.layers:
         by_name[layer.node].meta[META_KEY] = layer.precision
         if layer.precision == "int8-static":
             by_name[layer.node].meta[RANGE_KEY] = layer.static
-    plan.simulated = value
 
 
 def plan_of(gm: torch.fx.GraphModule) -> PrecisionPlan | None:

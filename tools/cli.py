@@ -16,7 +16,7 @@
     fxopt chat smollm2             talk to it (one compilation, then a prompt per line)
     fxopt dump minilm --format table   the graph, per node, after the pipeline (see fxopt dump -h)
     fxopt passes                   list the passes fxopt knows (its own and installed plugins)
-    fxopt cache [clear]            list (or delete) the cached machine peaks, GEMM timings and check and verification verdicts
+    fxopt cache [clear]            list (or delete) the cached machine peaks, GEMM timings, check and verification verdicts and precision plans
 """
 from __future__ import annotations
 
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_generation_options(chat)
     chat.set_defaults(run=_chat)
 
-    cache = sub.add_parser("cache", help="list fxopt's caches (machine peaks, GEMM timings, numeric-check and verification verdicts), or clear them")
+    cache = sub.add_parser("cache", help="list fxopt's caches (machine peaks, GEMM timings, numeric-check and verification verdicts, precision plans), or clear them")
     cache.add_argument("action", nargs="?", choices=["list", "clear"], default="list")
     cache.set_defaults(run=_cache)
 
