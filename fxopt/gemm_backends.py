@@ -186,6 +186,46 @@ def measure_grouped_int8(rows: int, k: int, n: int, group: int, zeros: bool, rep
     return _best_of(fns, reps)
 
 
+#: the GEMM kernels the cost model times (:mod:`fxopt.cost.gemm_times`), by the dtype of their activations
+KERNELS = ("fp32", "bf16", "uint8")
+
+
+def _kernel(kind: str, rows: int, k: int, n: int):
+    """A call of one (rows × k) @ (k × n) GEMM as a graph runs it: ``fp32`` and ``bf16`` ATen's linear (what eager
+    runs), ``uint8`` oneDNN's int8 linear on a packed weight with uint8 activations (what fxopt's int8 passes
+    emit)."""
+    if kind in ("fp32", "bf16"):
+        dtype = torch.float32 if kind == "fp32" else torch.bfloat16
+        x, w = torch.randn(rows, k).to(dtype), torch.randn(n, k).to(dtype)
+        return lambda: torch.nn.functional.linear(x, w)
+    if kind == "uint8":
+        from fxopt.onednn_int8 import register_fake_prepack
+        register_fake_prepack()
+        q = torch.randint(0, 256, (rows, k), dtype=torch.uint8)
+        packed = torch.ops.onednn.qlinear_prepack(torch.randint(-127, 128, (n, k), dtype=torch.int8), None)
+        scales = torch.rand(n) / 100
+        return lambda: torch.ops.onednn.qlinear_pointwise(q, 0.01, 128, packed, scales, None, None, 1.0, 0,
+                                                          torch.float32, "none", [], "")
+    raise ValueError(f"unknown GEMM kernel {kind!r}; one of {', '.join(KERNELS)}")
+
+
+def measure_attention(batch: int, heads: int, queries: int, keys: int, head_dim: int, value_dim: int, masked: bool,
+                      reps: int = 15) -> float:
+    """Median milliseconds of ATen's ``scaled_dot_product_attention`` in fp32 at this shape, with a boolean mask
+    of shape (batch, 1, queries, keys) when ``masked`` (both models' graphs pass one)."""
+    q = torch.randn(batch, heads, queries, head_dim)
+    k = torch.randn(batch, heads, keys, head_dim)
+    v = torch.randn(batch, heads, keys, value_dim)
+    mask = torch.ones(batch, 1, queries, keys, dtype=torch.bool) if masked else None
+    return _best_of({"sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, mask)}, reps)["sdpa"]
+
+
+def measure_kernels(kinds: tuple[str, ...], rows: int, k: int, n: int, reps: int = 15) -> dict[str, float]:
+    """Median milliseconds of each kernel in ``kinds`` (:func:`_kernel`) at one shape, timed in turns as
+    :func:`measure` times backends, so that their ratios hold however busy the machine is."""
+    return _best_of({kind: _kernel(kind, rows, k, n) for kind in kinds}, reps)
+
+
 class GemmTimings:
     """Timings per shape, read from and written to the per-machine cache."""
 
@@ -223,6 +263,29 @@ class GemmTimings:
             self.table[key] = measure_grouped_int8(rows, k, n, group, zeros, self.reps)
             self.measured += 1
         return self.table[key]
+
+    def get_kernel(self, kind: str, rows: int, k: int, n: int) -> float:
+        """Milliseconds of ``kind``'s kernel at this shape (:func:`measure_kernels`). A shape is timed once in fp32
+        and uint8, in turns; another kind is timed in turns with fp32 again and kept as its ratio to fp32, so every
+        kind's time at a shape is in the same spell of this machine as its fp32 time."""
+        key = f"kernel,{rows},{k},{n}"
+        entry = self.table.get(key)
+        if entry is None or "fp32" not in entry:
+            entry = self.table[key] = measure_kernels(("fp32", "uint8"), rows, k, n, self.reps)
+            self.measured += 1
+        if kind not in entry and f"{kind}/fp32" not in entry:
+            pair = measure_kernels(("fp32", kind), rows, k, n, self.reps)
+            entry[f"{kind}/fp32"] = pair[kind] / pair["fp32"]
+            self.measured += 1
+        return entry[kind] if kind in entry else entry["fp32"] * entry[f"{kind}/fp32"]
+
+    def get_attention(self, *shape: int | bool) -> float:
+        """Milliseconds of :func:`measure_attention` at this shape."""
+        key = "sdpa," + ",".join(str(int(d)) for d in shape)
+        if key not in self.table:
+            self.table[key] = {"sdpa": measure_attention(*shape, reps=self.reps)}
+            self.measured += 1
+        return self.table[key]["sdpa"]
 
     def save(self) -> None:
         """Merge this compile's timings into the file, atomically: processes compiling at once (test workers,

@@ -110,6 +110,74 @@ def test_roofline_cache_and_prediction(tmp_path, monkeypatch):
     assert predict_seconds(report, fake, batch=1000) == pytest.approx((256 + 16 + 16) * 1000 / 1e9)
 
 
+class Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(32, 96)
+
+    def forward(self, x, mask):
+        q, k, v = self.qkv(x).unflatten(-1, (3, 4, 8)).permute(2, 0, 3, 1, 4)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, mask[:, None])
+
+
+class FakeTimings:
+    """GemmTimings' interface, answering without timing anything."""
+
+    def __init__(self):
+        self.asked = []
+
+    def get_kernel(self, kind, rows, k, n):
+        self.asked.append(("linear", kind, rows, k, n))
+        return 7.0
+
+    def get_attention(self, *shape):
+        self.asked.append(("sdpa", *shape))
+        return 3.0
+
+
+def test_measured_kernels_replace_the_roofline_of_gemms_and_attention():
+    """With ``kernels=``, a linear and an attention cost their measured time at their shape (here faked), and every
+    other node its roofline time."""
+    from fxopt import gemm_backends
+    from fxopt.cost.kernel_times import MeasuredKernels
+    from fxopt.cost.roofline import node_seconds
+
+    if not gemm_backends.available():
+        pytest.skip("this torch build has no oneDNN/MKL")
+    x, mask = torch.randn(2, 5, 32), torch.ones(2, 5, 5, dtype=torch.bool)
+    report = estimate(capture(Attention(), (x, mask)).graph_module)
+    fake_peaks = MachinePeaks(fp32_flops=1e9, bf16_flops=1e9, int8_ops=1e9, bandwidth=1e12)
+    timings = FakeTimings()
+    seconds = node_seconds(report, fake_peaks, MeasuredKernels(timings), batch=2, seq=5)
+    timed = {n.name: n.timed[0] for n in report.nodes if n.timed}
+    assert sorted(timed.values()) == ["linear", "sdpa"]
+    assert sorted(timings.asked) == [("linear", "fp32", 10, 32, 96), ("sdpa", 2, 4, 5, 5, 8, 8, 1)]
+    for name, kind in timed.items():
+        assert seconds[name] == pytest.approx(7e-3 if kind == "linear" else 3e-3)
+    roofline = node_seconds(report, fake_peaks, batch=2, seq=5)
+    assert all(seconds[n] == roofline[n] for n in seconds if n not in timed)
+
+
+def test_kernels_are_timed_in_turns_and_cached(tmp_path, monkeypatch):
+    """Each shape is timed in fp32 and uint8 (oneDNN's int8 linear) in turns; bf16 is kept as its ratio to an fp32
+    timing taken with it; an attention shape once; all of it lands in the GEMM timings file."""
+    from fxopt import gemm_backends, onednn_int8
+
+    if not (gemm_backends.available() and onednn_int8.available()):
+        pytest.skip("this torch build has no oneDNN int8")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    timings = gemm_backends.GemmTimings(reps=2)
+    assert timings.get_kernel("uint8", 16, 64, 32) > 0
+    assert set(timings.table["kernel,16,64,32"]) == {"fp32", "uint8"}
+    assert timings.get_kernel("bf16", 16, 64, 32) > 0 and "bf16/fp32" in timings.table["kernel,16,64,32"]
+    assert timings.get_attention(1, 2, 4, 4, 8, 8, 1) > 0
+    timings.save()
+    again = gemm_backends.GemmTimings()
+    assert again.get_kernel("uint8", 16, 64, 32) == timings.get_kernel("uint8", 16, 64, 32) and again.measured == 0
+    with pytest.raises(ValueError, match="unknown GEMM kernel 'fp8'"):
+        gemm_backends.measure_kernels(("fp8",), 4, 4, 4)
+
+
 def test_critical_path_follows_the_heaviest_chain():
     class TwoBranches(torch.nn.Module):
         def __init__(self):

@@ -151,13 +151,17 @@ def calibration_batches(source, inputs, batch: int, seq: int) -> list:
 
 
 def predicted_speedup(compiled, batch: int, seq: int) -> float:
-    """The cost model's roofline prediction: the captured graph run op by op (eager) vs the optimized graph
-    with Inductor's pointwise fusion modeled."""
+    """The cost model's prediction: the captured graph run op by op (eager) vs the optimized graph with Inductor's
+    pointwise fusion modeled; GEMMs and attention at their measured times on this machine
+    (:mod:`fxopt.cost.kernel_times`), every other node at its roofline time."""
     from fxopt.cost import estimate, predict_seconds
+    from fxopt.cost.kernel_times import MeasuredKernels
 
     report = compiled.report
-    eager = predict_seconds(report.cost_captured, batch=batch, seq=seq)
-    optimized = predict_seconds(estimate(compiled.graph_module, fused=True), batch=batch, seq=seq)
+    kernels = MeasuredKernels()
+    eager = predict_seconds(report.cost_captured, kernels=kernels, batch=batch, seq=seq)
+    optimized = predict_seconds(estimate(compiled.graph_module, fused=True), kernels=kernels, batch=batch, seq=seq)
+    kernels.save()
     return eager / optimized
 
 
@@ -325,8 +329,8 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build
             t2 = time.perf_counter()
             eager_t.append(t1 - t0)
             cand_t.append(t2 - t1)
-    predicted = _predicted(candidate, batch, seq) if getattr(build, "predicts", False) else None
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    predicted = _predicted(candidate, batch, seq) if getattr(build, "predicts", False) else None
     acc = {**accuracy(model_name, reference, output, inputs)}
     if source.kind == "bundled":
         from fxopt import models

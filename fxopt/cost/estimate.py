@@ -31,6 +31,7 @@ class NodeCost:
     bytes_written: sympy.Expr
     dtype: str
     is_view: bool = False
+    timed: tuple | None = None  # the kernel and shape fxopt.cost.kernel_times times (OpCost.timed)
 
     @property
     def flops(self) -> sympy.Expr:
@@ -164,7 +165,8 @@ def estimate(gm: torch.fx.GraphModule, *, fused: bool = False) -> CostReport:
         # a GEMM runs at the rate of its operands' type (uint8 × int8 → int32/fp32 is an int8 GEMM)
         typed = in_vals[0] if in_vals and cost.matmul != 0 else (outs[0] if outs else None)
         dtype = str(typed.dtype).replace("torch.", "") if typed is not None else ""
-        nodes.append(NodeCost(node.name, name, cost.matmul, cost.elementwise, read, written, dtype, cost.is_view))
+        nodes.append(NodeCost(node.name, name, cost.matmul, cost.elementwise, read, written, dtype, cost.is_view,
+                              cost.timed))
     return CostReport(nodes, unknown, graph)
 
 

@@ -87,17 +87,24 @@ def peak_for(dtype: str, peaks: MachinePeaks) -> float:
     return peaks.fp32_flops
 
 
-def node_seconds(report: CostReport, peaks: MachinePeaks, **dims: int) -> dict[str, float]:
-    """Roofline time of every node at the given sizes."""
+def node_seconds(report: CostReport, peaks: MachinePeaks, kernels=None, **dims: int) -> dict[str, float]:
+    """Roofline time of every node at the given sizes; with ``kernels``
+    (:class:`fxopt.cost.kernel_times.MeasuredKernels`), a GEMM or an attention takes its measured time instead."""
     subs = {dim_symbol(k): v for k, v in dims.items()}
     out = {}
     for n in report.nodes:
+        if kernels is not None and n.timed is not None:
+            measured = kernels.seconds(n.timed[0], n.dtype, *(int(sympy.sympify(e).subs(subs)) for e in n.timed[1:]))
+            if measured is not None:
+                out[n.name] = measured
+                continue
         flops = float(sympy.sympify(n.flops).subs(subs))
         moved = float(sympy.sympify(n.bytes).subs(subs))
         out[n.name] = max(flops / peak_for(n.dtype, peaks), moved / peaks.bandwidth)
     return out
 
 
-def predict_seconds(report: CostReport, peaks: MachinePeaks | None = None, **dims: int) -> float:
-    """Roofline time of the whole graph: the sum over its nodes (a single stream of kernels)."""
-    return sum(node_seconds(report, peaks or machine_peaks(), **dims).values())
+def predict_seconds(report: CostReport, peaks: MachinePeaks | None = None, kernels=None, **dims: int) -> float:
+    """Roofline time of the whole graph: the sum over its nodes (a single stream of kernels); ``kernels``: see
+    :func:`node_seconds`."""
+    return sum(node_seconds(report, peaks or machine_peaks(), kernels, **dims).values())

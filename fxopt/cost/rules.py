@@ -23,6 +23,9 @@ class OpCost:
     elementwise: sympy.Expr = sympy.Integer(0)
     is_view: bool = False  # no data moves (views, shape queries)
     unread_inputs: tuple[int, ...] = ()  # tensor inputs the kernel does not read (passed for metadata only)
+    # what fxopt.cost.kernel_times can time at its shape: ("linear", rows, in, out) for a linear-class GEMM,
+    # ("sdpa", batch, heads, queries, keys, head dim, value dim, masked) for attention
+    timed: tuple | None = None
 
 
 def numel(shape) -> sympy.Expr:
@@ -78,18 +81,18 @@ def rule(target, in_shapes: list, out_shapes: list, args: tuple) -> OpCost | Non
         m = numel(x[:-1])
         mm = 2 * m * x[-1] * w[0]
         bias = m * w[0] if len(in_shapes) > 2 and in_shapes[2] is not None else ZERO
-        return OpCost(matmul=mm, elementwise=bias)
+        return OpCost(matmul=mm, elementwise=bias, timed=("linear", m, x[-1], w[0]))
     if name == "_mkl_linear":  # (x, packed weight, original weight, bias, rows)
         x, w = in_shapes[0], in_shapes[2]
         m = numel(x[:-1])
         bias = m * w[0] if len(in_shapes) > 3 else ZERO
         # MKL reads the packed copy, but its buffer is allocated far larger than the data it holds (11 MiB
         # for a 576×576 weight); the original weight's bytes are what the GEMM streams.
-        return OpCost(matmul=2 * m * x[-1] * w[0], elementwise=bias, unread_inputs=(1,))
+        return OpCost(matmul=2 * m * x[-1] * w[0], elementwise=bias, unread_inputs=(1,), timed=("linear", m, x[-1], w[0]))
     if name == "qlinear_pointwise":  # oneDNN int8 linear: (uint8 rows, packed weight (in, out), scales, ...)
         x, w = in_shapes[0], in_shapes[1]
         m = numel(x[:-1])
-        return OpCost(matmul=2 * m * x[-1] * w[-1], elementwise=m * w[-1])
+        return OpCost(matmul=2 * m * x[-1] * w[-1], elementwise=m * w[-1], timed=("linear", m, x[-1], w[-1]))
     if name == "qlinear_prepack":  # a constant's packing: Inductor's freezing folds it, nothing runs per call
         return OpCost(is_view=True)
     if name in ("_weight_int8pack_mm", "_weight_int4pack_mm_for_cpu", "gemv_int8_grouped"):  # weight-only: x (.., in)
@@ -98,10 +101,10 @@ def rule(target, in_shapes: list, out_shapes: list, args: tuple) -> OpCost | Non
         return OpCost(matmul=2 * m * x[-1] * out[-1], elementwise=m * out[-1])
     if name in ("mm", "_int_mm"):
         a, b = in_shapes[0], in_shapes[1]
-        return OpCost(matmul=2 * a[0] * a[1] * b[1])
+        return OpCost(matmul=2 * a[0] * a[1] * b[1], timed=("linear", a[0], a[1], b[1]))
     if name == "addmm":
         a, b = in_shapes[1], in_shapes[2]
-        return OpCost(matmul=2 * a[0] * a[1] * b[1], elementwise=a[0] * b[1])
+        return OpCost(matmul=2 * a[0] * a[1] * b[1], elementwise=a[0] * b[1], timed=("linear", a[0], a[1], b[1]))
     if name in ("bmm", "baddbmm"):
         a, b = in_shapes[-2], in_shapes[-1]
         extra = numel(out) if name == "baddbmm" else ZERO
@@ -115,7 +118,9 @@ def rule(target, in_shapes: list, out_shapes: list, args: tuple) -> OpCost | Non
         b_h_l = numel(q[:-1])
         s = k[-2]
         mm = 2 * b_h_l * s * q[-1] + 2 * b_h_l * s * v[-1]
-        return OpCost(matmul=mm, elementwise=5 * b_h_l * s)  # scale, mask, softmax
+        timed = (("sdpa", q[0], q[1], q[2], s, q[-1], v[-1], int(len(in_shapes) > 3))
+                 if name == "scaled_dot_product_attention" and len(q) == 4 else None)
+        return OpCost(matmul=mm, elementwise=5 * b_h_l * s, timed=timed)  # scale, mask, softmax
     if name in ("convolution", "conv2d", "conv1d", "_convolution"):
         w = in_shapes[1]
         per_out = 2 * numel(w[1:])

@@ -1,0 +1,59 @@
+"""Measured kernel times for the cost model: a GEMM or an attention costs what its kernel takes at its shape on
+this machine, not its FLOPs over one peak rate.
+
+A single peak per precision (:func:`fxopt.cost.machine_peaks`, one 1024³ GEMM) misjudges the kernels of real
+models. Measured on the Intel Xeon host (2 threads, one quiet spell), ATen's fp32 linear ran MiniLM's and
+SmolLM2's shapes at 159–250 GFLOP/s and oneDNN's int8 linear at 362–937 GOP/s: the int8 : fp32 ratio ran from 2.3
+(SmolLM2's 576 → 49,152 LM head) to 4.2 (MiniLM's 1,536 → 384), where the peaks put it at 3.5 for every shape.
+Attention, fp32 in every mode, is the larger part of a quantized model's time, and its roofline was a third
+short. The bench's predicted speed of the int8 rows was 13–37% high.
+
+:class:`MeasuredKernels` times each kernel the first time a prediction needs it and keeps it in the GEMM timings
+cache (``~/.cache/fxopt/gemm-<machine>.json``; :class:`fxopt.gemm_backends.GemmTimings`):
+
+* ``("linear", rows, in, out)`` — :func:`fxopt.gemm_backends.measure_kernels`: ATen's linear for fp32 and bf16
+  activations, oneDNN's packed int8 linear for uint8 ones. This host's speed moves by up to 2× over minutes (the
+  same 1024 × 384 → 1,152 fp32 linear: 3.7 ms, then 8.7 ms), so the kernels of one shape are timed in turns and
+  what a prediction compares (fp32 eager against int8 compiled) comes from one spell;
+* ``("sdpa", batch, heads, queries, keys, head dim, value dim, masked)`` —
+  :func:`fxopt.gemm_backends.measure_attention`, fp32.
+
+Every other node keeps its roofline time.
+
+    kernels = MeasuredKernels()
+    predict_seconds(report, kernels=kernels, batch=8, seq=128)
+    kernels.save()
+"""
+from __future__ import annotations
+
+from fxopt import gemm_backends
+from fxopt.gemm_backends import GemmTimings
+
+#: a linear's dtype (its activations') → the kernel timed for it
+KERNEL_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "uint8": "uint8"}
+
+
+class MeasuredKernels:
+    """Seconds of a kernel at its shape, measured once per machine (see the module docstring)."""
+
+    def __init__(self, timings: GemmTimings | None = None):
+        self.timings = timings or GemmTimings()
+
+    def seconds(self, kind: str, dtype: str, *shape: int) -> float | None:
+        """The measured time of ``kind`` ("linear" or "sdpa") at ``shape``, or None where fxopt does not time it
+        (the roofline is used)."""
+        if not gemm_backends.available() or min(shape[:-1] if kind == "sdpa" else shape) < 1:
+            return None
+        if kind == "sdpa":
+            return self.timings.get_attention(*shape) / 1e3 if dtype == "float32" else None
+        kernel = KERNEL_OF_DTYPE.get(dtype)
+        if kind != "linear" or kernel is None:
+            return None
+        if kernel == "uint8":
+            from fxopt import onednn_int8
+            if not onednn_int8.available():
+                return None
+        return self.timings.get_kernel(kernel, *shape) / 1e3
+
+    def save(self) -> None:
+        self.timings.save()
