@@ -186,7 +186,7 @@ def measure_grouped_int8(rows: int, k: int, n: int, group: int, zeros: bool, rep
     return _best_of(fns, reps)
 
 
-#: the GEMM kernels the cost model times (:mod:`fxopt.cost.gemm_times`), by the dtype of their activations
+#: the GEMM kernels the cost model times (:mod:`fxopt.cost.kernel_times`), by the dtype of their activations
 KERNELS = ("fp32", "bf16", "uint8")
 
 

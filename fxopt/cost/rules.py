@@ -88,7 +88,8 @@ def rule(target, in_shapes: list, out_shapes: list, args: tuple) -> OpCost | Non
         bias = m * w[0] if len(in_shapes) > 3 else ZERO
         # MKL reads the packed copy, but its buffer is allocated far larger than the data it holds (11 MiB
         # for a 576×576 weight); the original weight's bytes are what the GEMM streams.
-        return OpCost(matmul=2 * m * x[-1] * w[0], elementwise=bias, unread_inputs=(1,), timed=("linear", m, x[-1], w[0]))
+        return OpCost(matmul=2 * m * x[-1] * w[0], elementwise=bias, unread_inputs=(1,),
+                      timed=("linear", m, x[-1], w[0]))
     if name == "qlinear_pointwise":  # oneDNN int8 linear: (uint8 rows, packed weight (in, out), scales, ...)
         x, w = in_shapes[0], in_shapes[1]
         m = numel(x[:-1])
