@@ -53,6 +53,9 @@ aten = torch.ops.aten
 MODES = ("int8", "int8-static", "bf16", "auto", "int8-weight-only")
 #: the modes that fix activation scales at compile time, so need calibration data
 STATIC_MODES = ("int8-static",)
+#: the modes whose plan is searched for ("int8" and "bf16" put every linear in that precision); fxopt.plan_cache
+#: remembers their plans
+SEARCHED_MODES = ("auto", "int8-static")
 #: the pass that rewrites the linears of each precision the planner assigns
 PRECISION_PASSES = {"int8-static": "quantize-static-int8", "int8": "quantize-dynamic-int8",
                     "bf16": "cast-linears-bf16"}
@@ -305,7 +308,7 @@ def precision_planner(mode: str, budget: Any, calibration: list[list[torch.Tenso
         an earlier compile searched for with the same key is taken from fxopt.plan_cache."""
         from fxopt import plan_cache
 
-        cache = plan_cache.PlanCache() if plan_cache.enabled() and mode in ("auto", "int8-static") else None
+        cache = plan_cache.PlanCache() if plan_cache.enabled() and mode in SEARCHED_MODES else None
         key = plan_cache.plan_key(gm, mode, resolved, calibration, higher_precisions(mode)) if cache else ""
         linears = [n.name for n in quantizable_linears(gm)]
         plan = cache.get(key, linears) if cache else None

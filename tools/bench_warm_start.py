@@ -4,7 +4,8 @@ For each model and precision (``--modes fp32,int8,int8-static``: fp32 or any ``q
 processes share new, empty cache folders (``TORCHINDUCTOR_CACHE_DIR``, ``XDG_CACHE_HOME``): the first compiles
 cold, the second warm. Each prints the time of ``fxopt.compile`` plus the first call (model loading not counted;
 a static mode's calibration, on the bench's calibration batches, counted). With more than one mode, the table
-also gives each mode's compile time against fp32's, cold against cold and warm against warm.
+also gives each mode's compile time against fp32's, cold against cold and warm against warm, and for a quantized
+mode whether each compile searched for its precision plan or took it from the plan cache (:mod:`fxopt.plan_cache`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tabulate import tabulate
 def _worker(model_name: str, mode: str) -> None:
     import fxopt
     from fxopt.model_source import load_source
-    from fxopt.quant_planner import STATIC_MODES
+    from fxopt.quant_planner import SEARCHED_MODES, STATIC_MODES
     from fxopt.tools.bench import WORKLOADS, calibration_batches
 
     source = load_source(model_name)
@@ -33,7 +34,10 @@ def _worker(model_name: str, mode: str) -> None:
         options["calibration"] = calibration_batches(source, inputs, *shape)
     compiled = fxopt.compile(source.model, inputs, **options)
     compiled(**inputs)
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    plan = compiled.report.precision
+    searched = plan is not None and plan.mode in SEARCHED_MODES
+    print(json.dumps({"seconds": time.perf_counter() - start,
+                      "plan": ("cached" if plan.cached else "searched") if searched else None}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,17 +69,19 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as caches:
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(caches, "inductor")
                 os.environ["XDG_CACHE_HOME"] = os.path.join(caches, "xdg")
-                times = []
+                times, plans = [], []
                 for run in ("cold", "warm"):
                     print(f"[bench] {name} {mode}: {run} compile …", file=sys.stderr, flush=True)
-                    times.append(run_worker("fxopt.tools.bench_warm_start", [name, mode],
-                                            f"{name} {mode} {run}")["seconds"])
+                    result = run_worker("fxopt.tools.bench_warm_start", [name, mode], f"{name} {mode} {run}")
+                    times.append(result["seconds"])
+                    plans.append(result.get("plan") or "–")
             fp32 = times if mode == "fp32" else fp32
-            row = [name, mode, f"{times[0]:.1f}", f"{times[1]:.1f}", f"{times[1] / times[0]:.0%}"]
+            row = [name, mode, f"{times[0]:.1f}", f"{times[1]:.1f}", f"{times[1] / times[0]:.0%}", " / ".join(plans)]
             if len(modes) > 1:
                 row += [f"{times[0] / fp32[0]:.2f}×", f"{times[1] / fp32[1]:.2f}×"] if fp32 else ["–", "–"]
             rows.append(row)
-    headers = ["model", "mode", "first compile s", "second compile s (caches warm)", "second / first"]
+    headers = ["model", "mode", "first compile s", "second compile s (caches warm)", "second / first",
+               "precision plan (first / second)"]
     if len(modes) > 1:
         headers += ["first vs fp32's first", "second vs fp32's second"]
     print(tabulate(rows, headers=headers, tablefmt="github"))
