@@ -310,8 +310,7 @@ def precision_planner(mode: str, budget: Any, calibration: list[list[torch.Tenso
 
         cache = plan_cache.PlanCache() if plan_cache.enabled() and mode in SEARCHED_MODES else None
         key = plan_cache.plan_key(gm, mode, resolved, calibration, higher_precisions(mode)) if cache else ""
-        linears = [n.name for n in quantizable_linears(gm)]
-        plan = cache.get(key, linears) if cache else None
+        plan = cache.get(key, [n.name for n in quantizable_linears(gm)]) if cache else None
         if plan is not None:
             with torch.no_grad():
                 plan.reference_outputs = fp32_outputs(gm, spec, calibration)
