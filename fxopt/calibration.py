@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -36,6 +37,10 @@ class ActivationRange:
         return iter((self.low, self.high))
 
 
+#: ``static_linear(x, r)``: a linear's output with its input ``x`` quantized in the range ``r``
+StaticLinear = Callable[[torch.Tensor, "ActivationRange"], torch.Tensor]
+
+
 def static_qparams(low: float, high: float) -> tuple[float, int]:
     """Scale and zero point of asymmetric uint8 for ``[low, high]`` (widened to hold 0, as oneDNN needs)."""
     low, high = min(low, 0.0), max(high, 0.0)
@@ -43,11 +48,16 @@ def static_qparams(low: float, high: float) -> tuple[float, int]:
     return scale, int(min(max(round(-low / scale), 0), 255))
 
 
+def quantize(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """``x`` as ``quantize-static-int8`` hands it to the int8 GEMM: ``clamp(round(x · (1/s)) + z, 0, 255)``,
+    uint8."""
+    return (torch.round(x * (1.0 / scale)) + zero_point).clamp(0, 255).to(torch.uint8)
+
+
 def fake_quantize(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """What ``quantize-static-int8`` feeds the GEMM, back in fp32: ``(q - z) · s``."""
     scale, zero_point = static_qparams(low, high)
-    q = (torch.round(x * (1.0 / scale)) + zero_point).clamp(0, 255)
-    return (q - zero_point) * scale
+    return (quantize(x, scale, zero_point).float() - zero_point) * scale
 
 
 def observe(inputs: list[torch.Tensor], observer: str) -> ActivationRange:
@@ -64,26 +74,25 @@ def observe(inputs: list[torch.Tensor], observer: str) -> ActivationRange:
     return ActivationRange(nearest_rank(100 - PERCENTILE), nearest_rank(PERCENTILE), observer)
 
 
-def relative_error(inputs: list[torch.Tensor], weight: torch.Tensor, approximate) -> float:
-    """A linear's relative output error over ``inputs``, ``‖approximate(x) − x·Wᵀ‖ / ‖x·Wᵀ‖``."""
+def relative_error(exact: list[torch.Tensor], approximate: list[torch.Tensor]) -> float:
+    """A linear's relative output error over its calibration inputs, ``‖approximate − exact‖ / ‖exact‖`` (one
+    output per input)."""
     num = den = 0.0
-    for x in inputs:
-        y = torch.nn.functional.linear(x, weight)
-        num += float((approximate(x) - y).pow(2).sum())
+    for a, y in zip(approximate, exact, strict=True):
+        num += float((a - y).pow(2).sum())
         den += float(y.pow(2).sum())
     return math.sqrt(num / max(den, 1e-30))
 
 
-def range_error(inputs: list[torch.Tensor], weight: torch.Tensor, dequantized_weight: torch.Tensor,
+def range_error(inputs: list[torch.Tensor], exact: list[torch.Tensor], static_linear: StaticLinear,
                 r: ActivationRange) -> float:
-    """The linear's relative output error on ``inputs`` with its input quantized in ``r`` (and the weight as the
-    int8 kernel sees it)."""
-    return relative_error(inputs, weight, lambda x: torch.nn.functional.linear(fake_quantize(x, r.low, r.high),
-                                                                               dequantized_weight))
+    """The linear's relative output error on ``inputs`` (``exact``: its fp32 outputs) with its input quantized in
+    ``r``; ``static_linear(x, r)`` computes the linear as the int8 kernel does."""
+    return relative_error(exact, [static_linear(x, r) for x in inputs])
 
 
-def choose_range(inputs: list[torch.Tensor], weight: torch.Tensor, dequantized_weight: torch.Tensor
+def choose_range(inputs: list[torch.Tensor], exact: list[torch.Tensor], static_linear: StaticLinear
                  ) -> tuple[ActivationRange, float]:
     """The observer whose range gives this linear the smaller :func:`range_error` on ``inputs``, with that error."""
-    scored = [(r, range_error(inputs, weight, dequantized_weight, r)) for r in (observe(inputs, o) for o in OBSERVERS)]
+    scored = [(r, range_error(inputs, exact, static_linear, r)) for r in (observe(inputs, o) for o in OBSERVERS)]
     return min(scored, key=lambda pair: pair[1])

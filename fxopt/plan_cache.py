@@ -44,8 +44,8 @@ ENV = "FXOPT_PLAN_CACHE"
 #: plans kept per machine (a SmolLM2 plan is about 60 kB of JSON)
 MAX_PLANS = 64
 #: the modules whose code decides a plan: an edit to any of them plans again
-PLANNER_MODULES = ("fxopt.quant_planner", "fxopt.calibration", "fxopt.metrics", "fxopt.passes.quantize_dynamic_int8",
-                   "fxopt.passes.quantize_weights_int8")
+PLANNER_MODULES = ("fxopt.quant_planner", "fxopt.plan_simulator", "fxopt.calibration", "fxopt.metrics",
+                   "fxopt.passes.quantize_dynamic_int8", "fxopt.passes.quantize_weights_int8")
 
 
 def enabled() -> bool:

@@ -76,6 +76,11 @@ class DynamicInt8Options:
     skip: tuple[str, ...] = ()  # keep these linears as they are (by weight name or module path substring)
 
 
+def scaled_row_sums(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``Σ_k q_w · s_w`` per output channel: what a per-token zero point adds to each accumulator, once scaled."""
+    return q.sum(dim=1, dtype=torch.int32).float() * scales
+
+
 def quantize_rows(rw, rows, before):
     """Emit the per-token asymmetric uint8 quantization of a 2-D fp32 ``rows``: ``(q, scale, zero_point)``, the
     last two of shape (rows, 1), with ``rows ≈ (q - zero_point) · scale``."""
@@ -103,7 +108,7 @@ def quantize_dynamic_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
         if id(w) not in quantized:
             q, scales = quantize_per_channel(w)
             scales = scales.float()
-            quantized[id(w)] = q, scales, q.sum(dim=1, dtype=torch.int32).float() * scales
+            quantized[id(w)] = q, scales, scaled_row_sums(q, scales)
         return quantized[id(w)]
 
     def constants(w):

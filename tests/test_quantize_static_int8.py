@@ -44,9 +44,13 @@ def test_the_observer_that_loses_less_is_chosen():
     spiked = [x.clone() for x in plain]
     spiked[0][0, 0] = 1000.0  # one value in 98,304: the percentile clips it, min/max spends the scale on it
     assert calibration.observe(spiked, "percentile").high < 10 < calibration.observe(spiked, "minmax").high
+    def static_linear(x, r):
+        return torch.nn.functional.linear(calibration.fake_quantize(x, r.low, r.high), w)
+
     for inputs in (plain, spiked):
-        chosen, error = calibration.choose_range(inputs, w, w)
-        errors = {o: calibration.range_error(inputs, w, w, calibration.observe(inputs, o))
+        exact = [torch.nn.functional.linear(x, w) for x in inputs]
+        chosen, error = calibration.choose_range(inputs, exact, static_linear)
+        errors = {o: calibration.range_error(inputs, exact, static_linear, calibration.observe(inputs, o))
                   for o in calibration.OBSERVERS}
         assert chosen.observer == min(errors, key=errors.get) and error == min(errors.values()) < 0.4
     with pytest.raises(ValueError, match="unknown observer 'mean'; choose one of minmax, percentile"):
