@@ -12,12 +12,12 @@ with their precision. How it decides, on the calibration batches only:
    (:mod:`fxopt.calibration`: min/max or percentile, whichever gives that linear the smaller error).
 2. **Search.** Every plan is measured end to end by *simulating* it (:mod:`fxopt.plan_simulator`: the graph
    interpreted with each planned linear run by the kernel it will compile to, oneDNN's int8 GEMM on x86) and
-   scoring the outputs with the budget's metric (:mod:`fxopt.metrics`). When all-int8 misses the budget, the linears are grouped
-   by role (``layers.*.mlp.down_proj``: the module path without its layer index), and each role is scored by
-   what keeping it out of int8 buys end to end. A linear's own error is a poor guide here: on SmolLM2 the
-   q/k/v projections have the largest own errors, while ``down_proj`` and ``lm_head`` decide the answers. The
-   roles then move to the higher precision, best first, until the plan holds. "auto" starts from all-int8 and
-   "int8-static" from all static; the higher precisions are tried in order (:func:`higher_precisions`):
+   scoring the outputs with the budget's metric (:mod:`fxopt.metrics`). When all-int8 misses the budget, the
+   linears are grouped by role (``layers.*.mlp.down_proj``: the module path without its layer index), and each
+   role is scored by what keeping it out of int8 buys end to end. A linear's own error is a poor guide here: on
+   SmolLM2 the q/k/v projections have the largest own errors, while ``down_proj`` and ``lm_head`` decide the
+   answers. The roles then move to the higher precision, best first, until the plan holds. "auto" starts from
+   all-int8 and "int8-static" from all static; the higher precisions are tried in order (:func:`higher_precisions`):
    per-token int8 after static, bf16 where this machine runs it faster than fp32, then fp32.
 3. **Verdict.** ``quantize="int8"`` or ``"bf16"`` puts every linear in that precision. Whatever the mode,
    ``fxopt.compile`` then scores the *compiled* model on the calibration batches (:mod:`fxopt.quantize`): a
