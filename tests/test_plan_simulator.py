@@ -70,3 +70,24 @@ def test_the_plan_compiled_eagerly_scores_what_it_simulated(monkeypatch, mode):
     plan = compiled.report.precision
     assert {l.precision for l in plan.layers} == {"int8-static" if mode == "int8-static" else "int8"}
     assert plan.compiled == plan.simulated
+
+
+def test_the_search_simulates_each_plan_once(monkeypatch):
+    """The search meets some plans twice (the best role's own gain is also its first ranked plan); each is
+    simulated once."""
+    monkeypatch.setenv("FXOPT_PLAN_CACHE", "0")
+    simulated = []
+    init = PlanSimulator.__init__
+
+    def counting_init(self, gm, precision=None, **kwargs):
+        init(self, gm, precision, **kwargs)
+        if precision:
+            simulated.append((tuple(sorted(precision.items())), kwargs.get("noise_seed")))
+
+    monkeypatch.setattr(PlanSimulator, "__init__", counting_init)
+    torch.manual_seed(0)
+    model, x = MLP(act=torch.nn.functional.gelu).eval(), torch.randn(4, 10, 64)
+    compiled = fxopt.compile(model, x, quantize="auto", accuracy_budget=0.99997, passes="eliminate-dead-nodes")
+    plan = compiled.report.precision
+    assert "roles by what int8 costs" in plan.summary()  # the search ranked the roles
+    assert len(simulated) == len(set(simulated)) == plan.evaluations > 3
