@@ -36,15 +36,24 @@ class PassContext:
 
     ``example_inputs`` are real tensors in placeholder order (passes may run the graph on them);
     ``options`` is the pass's options dataclass instance; ``diagnostics`` collects lines such as
-    "why didn't this fuse" that end up in the compile report and the debug output.
+    "why didn't this fuse" that end up in the compile report and the debug output. A long pass reports how it
+    is getting on with ``ctx.progress("…")``: a live line with ``verbose=True`` (the ``Timing`` instrument
+    sets ``progress_stream``), nothing otherwise.
     """
 
     example_inputs: list[torch.Tensor] = field(default_factory=list)
     options: Any = None
     diagnostics: list[str] = field(default_factory=list)
+    progress_stream: Any = None  # a text stream for live progress lines (None: silent)
+    pass_name: str = ""
 
     def note(self, message: str) -> None:
         self.diagnostics.append(message)
+
+    def progress(self, message: str) -> None:
+        """One live progress line (``[fxopt]     <pass>: message``), where progress is shown."""
+        if self.progress_stream is not None:
+            print(f"[fxopt]     {self.pass_name}: {message}", file=self.progress_stream, flush=True)
 
 
 #: Stages of the pipeline. ``portable`` passes rewrite the graph the same way on every machine (an artifact can

@@ -206,7 +206,8 @@ class _Snapshot:
 
 
 class Timing(Instrument):
-    """Prints one progress line per pass: name, milliseconds, node count change."""
+    """Prints one progress line per pass: name, milliseconds, node count change; and, while a pass runs, the lines
+    it reports with ``ctx.progress``."""
 
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
@@ -215,6 +216,9 @@ class Timing(Instrument):
 
     def before_pipeline(self, gm, ctx):
         self.index = 0
+
+    def before_pass(self, p, gm, ctx):
+        ctx.progress_stream, ctx.pass_name = self.stream, p.name  # the pass's own lines (ctx.progress), live
 
     def after_pass(self, p, gm, ctx, record):
         self.index += 1

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx
@@ -252,11 +253,13 @@ def precision_planner(mode: str, budget: Any, calibration: list[list[torch.Tenso
         key = plan_cache.plan_key(gm, mode, resolved, calibration, higher_precisions(mode)) if cache else ""
         plan = cache.get(key, [n.name for n in quantizable_linears(gm)]) if cache else None
         if plan is not None:
+            ctx.progress("the plan of an earlier compile with the same key (fxopt.plan_cache): "
+                         + ", ".join(f"{n} {p}" for p, n in plan.counts().items()))
             with torch.no_grad():
                 plan.reference_outputs = fp32_outputs(gm, spec, calibration)
             label(gm, plan)
         else:
-            plan = make_plan(gm, mode, resolved, spec, calibration)
+            plan = make_plan(gm, mode, resolved, spec, calibration, progress=ctx.progress)
             if cache:
                 cache.put(key, plan)
         gm.meta[PLAN_KEY] = plan
@@ -291,7 +294,10 @@ def higher_precisions(low: str) -> tuple[str, ...]:
 
 
 def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputSpec,
-              batches: list[list[torch.Tensor]]) -> PrecisionPlan:
+              batches: list[list[torch.Tensor]], progress: Callable[[str], None] = lambda message: None
+              ) -> PrecisionPlan:
+    """Search for the plan (see the module's docstring); ``progress`` gets a line per step (``ctx.progress``)."""
+    started = time.perf_counter()
     linears = quantizable_linears(gm)
     low = "int8-static" if mode == "int8-static" else "int8"  # what the search starts from
     weights = Int8Weights()  # each linear's int8 weight, quantized (and packed) once for the whole search
@@ -302,6 +308,8 @@ def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputS
         del record
         scorer = Scorer(budget, spec, batches, reference)
         plan = PrecisionPlan(mode, budget, layers, reference=scorer.fp32, reference_outputs=reference)
+        progress(f"{len(layers)} linears' own int8 errors measured on {len(batches)} calibration "
+                 f"batch{'es' if len(batches) != 1 else ''} ({time.perf_counter() - started:.1f} s)")
         ranges = {l.node: l.static for l in layers if l.static is not None}
         simulated: dict[tuple, float] = {}
 
@@ -311,9 +319,14 @@ def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputS
             key = (tuple(sorted(choice.items())), noise_seed)
             if key not in simulated:
                 plan.evaluations += 1
+                start = time.perf_counter()
                 run = PlanSimulator(gm, choice, weights=weights, ranges=ranges, noise_seed=noise_seed, noise=NOISE)
                 outs = [run.run(*b)[spec.output_index] for b in batches]
                 simulated[key] = scorer.score(outs)
+                progress(f"plan {plan.evaluations} ({_describe_choice(choice, layers, low)}"
+                         f"{f'; under fp32-sized noise, run {noise_seed + 1}' if noise_seed is not None else ''}): "
+                         f"{metrics.describe(budget.metric, simulated[key], scorer.fp32)} "
+                         f"({time.perf_counter() - start:.1f} s)")
             return simulated[key]
 
         def holds(choice: dict[str, str], value: float) -> bool:
@@ -365,6 +378,17 @@ def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputS
                               f"({metrics.describe(budget.metric, value, scorer.fp32)}); trying "
                               f"{highs[highs.index(high) + 1]}")
         raise AssertionError("unreachable: all-fp32 holds any budget")
+
+
+def _describe_choice(choice: dict[str, str], layers: list[LayerChoice], low: str) -> str:
+    """``layers.*.mlp.down_proj int8, the rest int8-static``: the roles a plan moves out of ``low``."""
+    raised: dict[str, set[str]] = {}
+    for layer in layers:
+        if choice[layer.node] != low:
+            raised.setdefault(choice[layer.node], set()).add(role_of(layer.location))
+    if not raised:
+        return f"every linear {low}"
+    return "; ".join(f"{', '.join(sorted(roles))} {p}" for p, roles in raised.items()) + f", the rest {low}"
 
 
 def fp32_outputs(gm: torch.fx.GraphModule, spec: OutputSpec, batches: list[list[torch.Tensor]],

@@ -134,3 +134,20 @@ def test_a_plan_must_hold_the_budget_under_fp32_sized_noise(mlp, monkeypatch):
     plan = noisy.report.precision
     assert any("under fp32-sized noise: rejected" in note for note in plan.notes)
     assert _precisions(noisy) == ["fp32"] * 3 and plan.compiled >= 0.999
+
+
+def test_verbose_compiles_show_the_search_as_it_goes(mlp, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model, x = mlp
+    lines = []
+    for _ in range(2):  # searched, then taken from the plan cache
+        fxopt.compile(model, x, quantize="auto", accuracy_budget=0.99997, passes="eliminate-dead-nodes",
+                      verbose=True)
+        lines.append([line for line in capsys.readouterr().err.splitlines()
+                      if line.startswith("[fxopt]     plan-precision: ")])
+    searched, cached = lines
+    assert "3 linears' own int8 errors measured on 1 calibration batch" in searched[0]
+    assert "plan 1 (every linear int8): min cosine" in searched[1]
+    assert any(line.endswith("s)") and "fp32, the rest int8): min cosine" in line for line in searched[2:])
+    assert any("; under fp32-sized noise, run 1): min cosine" in line for line in searched)
+    assert len(cached) == 1 and "the plan of an earlier compile with the same key (fxopt.plan_cache)" in cached[0]
