@@ -388,7 +388,8 @@ def _describe_choice(choice: dict[str, str], layers: list[LayerChoice], low: str
             raised.setdefault(choice[layer.node], set()).add(role_of(layer.location))
     if not raised:
         return f"every linear {low}"
-    return "; ".join(f"{', '.join(sorted(roles))} {p}" for p, roles in raised.items()) + f", the rest {low}"
+    rest = f", the rest {low}" if any(choice[layer.node] == low for layer in layers) else ""
+    return "; ".join(f"{', '.join(sorted(roles))} {p}" for p, roles in raised.items()) + rest
 
 
 def fp32_outputs(gm: torch.fx.GraphModule, spec: OutputSpec, batches: list[list[torch.Tensor]],
