@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import torch
 import torch.fx
 
-from fxopt import calibration, quant_planner
+from fxopt import calibration, native_kernels, quant_planner
 from fxopt.calibration import ActivationRange
 from fxopt.check_cache import VerdictCache, graph_digest
 from fxopt.machine import cache_file, machine_key
@@ -67,6 +67,7 @@ def plan_key(gm: torch.fx.GraphModule, mode: str, budget: Budget, batches: Seque
              f"{planner!r}|{tuple(higher)!r}|".encode())
     for name in PLANNER_MODULES:
         h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    h.update(native_kernels.source_digest().encode())  # the simulation quantizes on fxopt::quantize_rows
     graph_digest(h, gm, batches)
     return h.hexdigest()
 

@@ -34,7 +34,7 @@ import torch.fx
 
 from fxopt import calibration, onednn_int8
 from fxopt.calibration import ActivationRange
-from fxopt.passes.quantize_dynamic_int8 import MIN_SCALE, scaled_row_sums
+from fxopt.passes.quantize_dynamic_int8 import quantize_per_token, scaled_row_sums
 from fxopt.passes.quantize_weights_int8 import quantize_per_channel
 
 aten = torch.ops.aten
@@ -107,20 +107,16 @@ def simulate_linear(mode: str, x: torch.Tensor, w: torch.Tensor, bias, weights: 
             return out + bias if bias is not None else out
         q = calibration.quantize(rows, scale, zero_point)
         return _qlinear(q, weights.get(key, w), scale, zero_point, bias).view(shape)
-    low = rows.amin(-1, keepdim=True).clamp_max(0)
-    high = rows.amax(-1, keepdim=True).clamp_min(0)
-    scale = ((high - low) / 255.0).clamp_min(MIN_SCALE)
-    zero_point = torch.round(-low / scale)
-    q = (torch.round(rows / scale) + zero_point).clamp(0, 255)
+    q, scale, zero_point = quantize_per_token(rows.contiguous())
     if weights.use_kernel:
         int8 = weights.get(key, w)
         # Σ q_x · q_w · s_w in int32, then the zero point's correction and the row scale: the quantized graph's ops,
         # in place and into a reused buffer (SmolLM2's LM head writes 50 MB per batch: fresh temporaries cost more
         # than its GEMM)
-        out = _qlinear(q.to(torch.uint8), int8, 1.0, 0, None)
+        out = _qlinear(q, int8, 1.0, 0, None)
         out.sub_(torch.mul(zero_point, int8.row_sums, out=weights.scratch(out.shape))).mul_(scale)
     else:
-        out = torch.nn.functional.linear((q - zero_point) * scale, weights.get(key, w).dequantized())
+        out = torch.nn.functional.linear((q.float() - zero_point) * scale, weights.get(key, w).dequantized())
     out = out.view(shape)
     return out + bias if bias is not None else out
 

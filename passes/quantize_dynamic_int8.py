@@ -3,7 +3,7 @@
 Each chosen linear's weight ``W`` (out × in) is quantized once, at compile time, to int8 with one symmetric scale
 per output channel (``s_w = max |W_row| / 127``). Its input rows are quantized when the graph runs, to uint8 with
 one scale and zero point per row (token), from the row's range: ``s_x = (max(x, 0) - min(x, 0)) / 255``,
-``z = round(-min(x, 0) / s_x)``, ``q_x = clamp(round(x / s_x) + z, 0, 255)``. Per-token scales follow each
+``z = round(-min(x, 0) / s_x)``, ``q_x = clamp(round(x · (1/s_x)) + z, 0, 255)``. Per-token scales follow each
 token's own range, so a token with an outlier does not crush the resolution of every other token, as one scale
 per tensor would (PT2E's dynamic mode). The activations are unsigned because oneDNN's fast int8 kernels take
 u8 × s8; s8 × s8 falls to its reference kernel (thousands of times slower here).
@@ -11,8 +11,11 @@ u8 × s8; s8 × s8 falls to its reference kernel (thousands of times slower here
 The product runs in int32 in oneDNN's ``onednn.qlinear_pointwise`` on a weight prepacked once
 (:mod:`fxopt.onednn_int8`; Inductor's freezing folds the prepack into a constant), which returns
 ``Σ q_x · q_w · s_w``; the zero point is removed with the weight's scaled row sums and the row scale applied:
-``y = (acc - z · Σ_k q_w · s_w) · s_x`` (+ bias). The quantization of ``x`` and this epilogue fuse into
-neighbouring pointwise kernels. ``tests/test_quantize_dynamic_int8.py`` reads Inductor's generated code to prove
+``y = (acc - z · Σ_k q_w · s_w) · s_x`` (+ bias). This epilogue fuses into neighbouring pointwise kernels. The
+quantization of ``x`` is one op, ``fxopt::quantize_rows`` (:mod:`fxopt.native_kernels`), so Inductor stores ``x``
+once instead of recomputing its producer (a GELU's erf) for the row's range and again to quantize; where fxopt's
+native kernels do not build, it is the same arithmetic as aten ops (amin, amax, round, clamp), which Inductor
+fuses. ``tests/test_quantize_dynamic_int8.py`` reads Inductor's generated code to prove
 the int8 kernel runs.
 
 Lossy (``tolerance="budget"``): the accuracy is held end to end by the planner (:mod:`fxopt.quant_planner`) or
@@ -30,36 +33,27 @@ After::
     %_fxopt_linear_scales = const : f32[32]
     %_fxopt_linear_colsum = const : f32[32]
     %view_default = aten.view(%x, [-1, 64]) : f32[10*batch, 64]
-    %amin_default = aten.amin(%view_default, [-1], True) : f32[10*batch, 1]
-    %clamp_max_default = aten.clamp_max(%amin_default, 0.0) : f32[10*batch, 1]
-    %amax_default = aten.amax(%view_default, [-1], True) : f32[10*batch, 1]
-    %clamp_min_default = aten.clamp_min(%amax_default, 0.0) : f32[10*batch, 1]
-    %sub_tensor = aten.sub.Tensor(%clamp_min_default, %clamp_max_default) : f32[10*batch, 1]
-    %div_tensor = aten.div.Tensor(%sub_tensor, 255.0) : f32[10*batch, 1]
-    %clamp_min_default_1 = aten.clamp_min(%div_tensor, 1e-10) : f32[10*batch, 1]
-    %neg_default = aten.neg(%clamp_max_default) : f32[10*batch, 1]
-    %div_tensor_1 = aten.div.Tensor(%neg_default, %clamp_min_default_1) : f32[10*batch, 1]
-    %round_default = aten.round(%div_tensor_1) : f32[10*batch, 1]
-    %div_tensor_2 = aten.div.Tensor(%view_default, %clamp_min_default_1) : f32[10*batch, 64]
-    %round_default_1 = aten.round(%div_tensor_2) : f32[10*batch, 64]
-    %add_tensor = aten.add.Tensor(%round_default_1, %round_default) : f32[10*batch, 64]
-    %clamp_default = aten.clamp(%add_tensor, 0.0, 255.0) : f32[10*batch, 64]
-    %_to_copy_default = aten._to_copy(%clamp_default, dtype=uint8) : u8[10*batch, 64]
+    %quantize_rows_default = fxopt.quantize_rows(%view_default) : (u8[10*batch, 64], f32[10*batch, 1], f32[10*batch, 1])
+    %getitem = getitem(%quantize_rows_default, 0) : u8[10*batch, 64]
+    %getitem_1 = getitem(%quantize_rows_default, 1) : f32[10*batch, 1]
+    %getitem_2 = getitem(%quantize_rows_default, 2) : f32[10*batch, 1]
     %qlinear_prepack_default = onednn.qlinear_prepack(%_fxopt_linear_int8, None) : i8[64, 32]
-    %qlinear_pointwise_default = onednn.qlinear_pointwise(%_to_copy_default, 1.0, 0, %qlinear_prepack_default, %_fxopt_linear_scales, None, None, 1.0, 0, float32, 'none', [], '') : f32[10*batch, 32]
-    %mul_tensor = aten.mul.Tensor(%round_default, %_fxopt_linear_colsum) : f32[10*batch, 32]
-    %sub_tensor_1 = aten.sub.Tensor(%qlinear_pointwise_default, %mul_tensor) : f32[10*batch, 32]
-    %mul_tensor_1 = aten.mul.Tensor(%sub_tensor_1, %clamp_min_default_1) : f32[10*batch, 32]
-    %add_tensor_1 = aten.add.Tensor(%mul_tensor_1, %proj.bias) : f32[10*batch, 32]
+    %qlinear_pointwise_default = onednn.qlinear_pointwise(%getitem, 1.0, 0, %qlinear_prepack_default, %_fxopt_linear_scales, None, None, 1.0, 0, float32, 'none', [], '') : f32[10*batch, 32]
+    %mul_tensor = aten.mul.Tensor(%getitem_2, %_fxopt_linear_colsum) : f32[10*batch, 32]
+    %sub_tensor = aten.sub.Tensor(%qlinear_pointwise_default, %mul_tensor) : f32[10*batch, 32]
+    %mul_tensor_1 = aten.mul.Tensor(%sub_tensor, %getitem_1) : f32[10*batch, 32]
+    %add_tensor = aten.add.Tensor(%mul_tensor_1, %proj.bias) : f32[10*batch, 32]
     %sym_size_int = aten.sym_size.int(%x, 0) : sym batch
-    %view_default_1 = aten.view(%add_tensor_1, [%sym_size_int, 10, 32]) : f32[batch, 10, 32]
+    %view_default_1 = aten.view(%add_tensor, [%sym_size_int, 10, 32]) : f32[batch, 10, 32]
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
 
+from fxopt import native_kernels
 from fxopt.graph_pass import PassContext, PassResult, graph_pass
 from fxopt.onednn_int8 import emit_qlinear
 from fxopt.passes.quantize_weights_int8 import quantize_per_channel, rewrite_linears
@@ -81,17 +75,39 @@ def scaled_row_sums(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return q.sum(dim=1, dtype=torch.int32).float() * scales
 
 
+def quantize_per_token(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-token quantization of a 2-D fp32 ``rows``, eagerly: ``(q, scale, zero_point)`` with ``q`` uint8 and
+    the other two of shape (rows, 1), ``rows ≈ (q - zero_point) · scale``. What the graph computes, bit for bit:
+    ``fxopt::quantize_rows`` where fxopt's native kernels build (:mod:`fxopt.native_kernels`), these aten ops
+    elsewhere."""
+    if native_kernels.available():
+        return torch.ops.fxopt.quantize_rows(rows)
+    low = rows.amin(-1, keepdim=True).clamp_max(0.0)
+    high = rows.amax(-1, keepdim=True).clamp_min(0.0)
+    scale = ((high - low) / 255.0).clamp_min(MIN_SCALE)
+    zero_point = torch.round(-low / scale)
+    q = (torch.round(rows * scale.reciprocal()) + zero_point).clamp(0.0, 255.0).to(torch.uint8)
+    return q, scale, zero_point
+
+
 def quantize_rows(rw, rows, before):
     """Emit the per-token asymmetric uint8 quantization of a 2-D fp32 ``rows``: ``(q, scale, zero_point)``, the
-    last two of shape (rows, 1), with ``rows ≈ (q - zero_point) · scale``."""
+    last two of shape (rows, 1), with ``rows ≈ (q - zero_point) · scale`` (:func:`quantize_per_token`). One
+    ``fxopt::quantize_rows`` where fxopt's native kernels build: as an extern op it has Inductor store ``rows``
+    once, where a fused loop would compute what produced them (a GELU) once for the row's range and again to
+    quantize; elsewhere the aten ops, which Inductor fuses into the producer."""
     def call(op, *args):
         return rw.call(op, args, before=before)
 
+    if native_kernels.available():
+        out = call(torch.ops.fxopt.quantize_rows.default, rows)
+        return tuple(call(operator.getitem, out, i) for i in range(3))
     low = call(aten.clamp_max.default, call(aten.amin.default, rows, [-1], True), 0.0)
     high = call(aten.clamp_min.default, call(aten.amax.default, rows, [-1], True), 0.0)
     scale = call(aten.clamp_min.default, call(aten.div.Tensor, call(aten.sub.Tensor, high, low), 255.0), MIN_SCALE)
     zero_point = call(aten.round.default, call(aten.div.Tensor, call(aten.neg.default, low), scale))
-    shifted = call(aten.add.Tensor, call(aten.round.default, call(aten.div.Tensor, rows, scale)), zero_point)
+    scaled = call(aten.mul.Tensor, rows, call(aten.reciprocal.default, scale))
+    shifted = call(aten.add.Tensor, call(aten.round.default, scaled), zero_point)
     q = rw.call(aten._to_copy.default, (call(aten.clamp.default, shifted, 0.0, 255.0),), {"dtype": torch.uint8},
                 before=before)
     return q, scale, zero_point

@@ -168,6 +168,33 @@ def test_eight_threads_calling_at_once_get_the_right_answers(minilm, minilm_comp
     assert failures == []
 
 
+def _in_a_new_process(script: str) -> str:
+    """Run ``script`` in a fresh Python (nothing of this process loaded); its stdout."""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
+# -- an int8 model: its artifact calls fxopt's quantizer ------------------------------------------------------------
+@pytest.mark.slow
+def test_int8_artifact_runs_in_a_new_process(tmp_path):
+    """A per-token int8 graph calls ``fxopt::quantize_rows``: the manifest names it, and a new process that loads
+    the artifact builds or loads fxopt's native kernels first and gives the compiled module's outputs."""
+    from conftest import MLP
+
+    torch.manual_seed(0)
+    model, x = MLP(act=torch.nn.functional.gelu).eval(), torch.randn(4, 10, 64)
+    compiled = fxopt.compile(model, x, quantize="int8")
+    path = fxopt.save(compiled, tmp_path / "mlp-int8.fxopt", verbose=False)
+    if native_kernels.available():
+        manifest = json.loads((path / MANIFEST).read_text())
+        assert manifest["packages"]["forward"]["native_ops"] == ["fxopt.quantize_rows.default"]
+    torch.save(x, tmp_path / "x.pt")
+    _in_a_new_process(f"import torch, fxopt; x = torch.load({str(tmp_path / 'x.pt')!r}); "
+                      f"torch.save(fxopt.load({str(path)!r})(x), {str(tmp_path / 'out.pt')!r})")
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), compiled(x), rtol=1e-4, atol=1e-4)
+
+
 # -- a causal LM: forward and generate() from the artifact -------------------------------------------------------
 @pytest.mark.slow
 def test_causal_lm_artifact_generates_like_eager(tiny_llama, tmp_path):
@@ -183,11 +210,10 @@ def test_causal_lm_artifact_generates_like_eager(tiny_llama, tmp_path):
         manifest = json.loads((path / "manifest.json").read_text())
         assert manifest["packages"]["decode"]["native_ops"] == ["fxopt.decode_attention.default"]
         torch.save(ids, tmp_path / "ids.pt")
-        script = (f"import torch, fxopt; ids = torch.load({str(tmp_path / 'ids.pt')!r}); "
-                  f"print(fxopt.load({str(path)!r}).generate(ids, max_new_tokens=20, min_new_tokens=20).tolist())")
-        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-2000:]
-        assert json.loads(run.stdout.strip().splitlines()[-1]) == want.tolist()
+        out = _in_a_new_process(
+            f"import torch, fxopt; ids = torch.load({str(tmp_path / 'ids.pt')!r}); "
+            f"print(fxopt.load({str(path)!r}).generate(ids, max_new_tokens=20, min_new_tokens=20).tolist())")
+        assert json.loads(out.strip().splitlines()[-1]) == want.tolist()
     with pytest.raises(InputError, match="max_cache_len=48"):
         loaded.generate(ids, max_new_tokens=40)
     encoder_only = fxopt.save(compiled, tmp_path / "forward-only.fxopt", generation=False, verbose=False)

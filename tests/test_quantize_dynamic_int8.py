@@ -1,12 +1,14 @@
 """quantize-dynamic-int8 and cast-linears-bf16: the rewritten graph, its accuracy, and proof from Inductor's
 generated code that oneDNN's int8 GEMM (with a weight packed once) and the bf16 GEMM run."""
+import pytest
 import torch
 from torch._inductor.utils import run_and_get_code
 
 import fxopt
 from conftest import MLP as GeluMLP
 from conftest import rel_err as _rel
-from fxopt.passes.quantize_dynamic_int8 import quantize_rows
+from fxopt import native_kernels
+from fxopt.passes.quantize_dynamic_int8 import quantize_per_token, quantize_rows
 from fxopt.rewriter import Rewriter
 from fxopt.testing import check_pass, filecheck
 
@@ -15,25 +17,67 @@ def MLP():
     return GeluMLP(act=torch.nn.functional.gelu)
 
 
+def _run_quantize_rows(x):
+    """The graph :func:`quantize_rows` writes, run eagerly on ``x``."""
+    gm = torch.fx.symbolic_trace(torch.nn.Identity())
+    graph = gm.graph
+    placeholder = next(iter(graph.nodes))
+    placeholder.meta["val"] = torch.empty(x.shape)
+    rw = Rewriter(gm)
+    out_node = graph.find_nodes(op="output")[0]
+    out_node.args = (quantize_rows(rw, placeholder, out_node),)
+    gm.recompile()
+    return gm(x)
+
+
 def test_per_token_quantization_round_trips_within_half_a_step():
     """Rows of very different ranges, one all-negative and one all-zero: each row gets its own scale and zero
     point, so every element comes back within half of its own row's step."""
     x = torch.randn(5, 40) * torch.tensor([0.01, 1.0, 30.0, 1.0, 0.0])[:, None]
     x[3] = -x[3].abs() - 1
-    gm = torch.fx.symbolic_trace(torch.nn.Identity())
-    graph = gm.graph
-    placeholder = next(iter(graph.nodes))
-    placeholder.meta["val"] = torch.empty(5, 40)
-    rw = Rewriter(gm)
-    out_node = graph.find_nodes(op="output")[0]
-    q, scale, zp = quantize_rows(rw, placeholder, out_node)
-    out_node.args = ((q, scale, zp),)
-    gm.recompile()
-    q, scale, zp = gm(x)
+    q, scale, zp = _run_quantize_rows(x)
     assert q.dtype == torch.uint8
     back = (q.float() - zp) * scale
     assert ((back - x).abs() <= scale / 2 + 1e-6).all()
     assert torch.equal(back[4], torch.zeros(40))
+
+
+def _edge_rows():
+    torch.manual_seed(0)
+    x = torch.randn(9, 77) * torch.tensor([0.01, 1.0, 30.0, 1.0, 0.0, 1e-12, 5.0, 1.0, 1.0])[:, None]
+    x[3] = -x[3].abs() - 1  # all negative
+    x[6] = x[6].abs()  # all positive
+    x[7, :5] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5]) * (x[7].amax() - x[7].amin().clamp_max(0)) / 255  # near rounding ties
+    return x
+
+
+@pytest.mark.skipif(not native_kernels.available(), reason=f"no native build: {native_kernels.why_unavailable()}")
+def test_native_quantize_rows_is_bit_for_bit_the_aten_form(monkeypatch):
+    """``fxopt::quantize_rows`` (the graph's op where the native kernels build) and the aten ops (elsewhere) give
+    the same codes, scales and zero points, bit for bit, on rows of every kind and a width that is not a multiple
+    of the vector width; and the pass's graph in either form computes them."""
+    for x in (_edge_rows(), torch.randn(256, 576) * 4, torch.randn(3, 16)):
+        native = quantize_per_token(x)
+        with monkeypatch.context() as m:
+            m.setattr(native_kernels, "available", lambda: False)
+            aten_form = quantize_per_token(x)
+            graph_form = _run_quantize_rows(x)
+        assert all(torch.equal(a, b) for a, b in zip(native, aten_form))
+        assert all(torch.equal(a, b) for a, b in zip(native, graph_form))
+        assert all(torch.equal(a, b) for a, b in zip(native, _run_quantize_rows(x)))
+
+
+@pytest.mark.skipif(not native_kernels.available(), reason=f"no native build: {native_kernels.why_unavailable()}")
+def test_int8_graph_computes_a_gelu_once_per_element():
+    """After a GELU, Inductor's own fused quantization computes the GELU's erf twice per element (once for the
+    row's range, once to quantize); with ``fxopt::quantize_rows`` its generated code holds one ``erf`` per GELU."""
+    torch.manual_seed(0)
+    model, x = MLP().eval(), torch.randn(4, 10, 64)
+    compiled, (code, *_) = run_and_get_code(
+        lambda: fxopt.compile(model, x, passes="eliminate-dead-nodes,quantize-dynamic-int8"))
+    assert code.count("torch.ops.fxopt.quantize_rows.default(") == 3  # one per linear
+    assert code.count(".erf()") + code.count("std::erf(") == 1
+    assert _rel(compiled(x), model(x)) < 5e-2
 
 
 def test_pass_rewrites_linears_to_the_onednn_int8_linear():
@@ -45,12 +89,12 @@ def test_pass_rewrites_linears_to_the_onednn_int8_linear():
         CHECK: %_fxopt_linear_int8 = const : i8[256, 64]
         CHECK-NEXT: %_fxopt_linear_scales = const : f32[256]
         CHECK-NEXT: %_fxopt_linear_colsum = const : f32[256]
-        CHECK: aten._to_copy(%clamp_default, dtype=uint8) : u8[10*batch, 64]
-        CHECK-NEXT: onednn.qlinear_prepack(%_fxopt_linear_int8, None)
-        CHECK-NEXT: onednn.qlinear_pointwise(%_to_copy_default, 1.0, 0, %qlinear_prepack_default, %_fxopt_linear_scales
-        CHECK-NEXT: aten.mul.Tensor(%round_default, %_fxopt_linear_colsum)
+        CHECK: fxopt.quantize_rows(%view_default) : (u8[10*batch, 64], f32[10*batch, 1], f32[10*batch, 1])
+        CHECK: onednn.qlinear_prepack(%_fxopt_linear_int8, None)
+        CHECK-NEXT: onednn.qlinear_pointwise(%getitem, 1.0, 0, %qlinear_prepack_default, %_fxopt_linear_scales
+        CHECK-NEXT: aten.mul.Tensor(%getitem_2, %_fxopt_linear_colsum)
         CHECK-NEXT: aten.sub.Tensor(%qlinear_pointwise_default, %mul_tensor)
-        CHECK-NEXT: aten.mul.Tensor(%sub_tensor_1, %clamp_min_default_1)
+        CHECK-NEXT: aten.mul.Tensor(%sub_tensor, %getitem_1)
         CHECK-NEXT: aten.add.Tensor(%mul_tensor_1, %up.bias)
         CHECK: aten.linear(%view_default_3, %head.weight, %head.bias) : f32[batch, 10, 32]
     """)

@@ -60,7 +60,8 @@ DATA = {"embedding", "cat", "stack", "clone", "contiguous", "_to_copy", "to", "i
         "scalar_tensor", "repeat", "repeat_interleave", "constant_pad_nd", "pad", "tril", "triu", "empty",
         "fill", "scatter", "index_select", "_unsafe_index", "type_as", "roll", "flip"}
 QUANT = {"quantize_per_tensor": 2, "dequantize_per_tensor": 2, "quantize_per_channel": 2,
-         "dequantize_per_channel": 2, "choose_qparams": 3}
+         "dequantize_per_channel": 2, "choose_qparams": 3,
+         "quantize_rows": 6}  # fxopt's per-token quantization: min, max, scale, round, shift, clamp
 
 
 def op_name(target) -> str:
