@@ -281,9 +281,10 @@ def load(path: str | Path, *, runners: int = 1):
     runners_by_name = {}
     for name, entry in manifest["packages"].items():
         file = check_package(path, name, entry)
-        if entry.get("native_ops") and not native_kernels.load():
+        missing = native_kernels.unloadable_ops(entry.get("native_ops") or [])
+        if missing:
             raise ArtifactError(f"{file} calls fxopt's native kernels ({', '.join(entry['native_ops'])}), which "
-                                f"cannot be built here ({native_kernels.why_unavailable()}); recompile the artifact")
+                                f"cannot be built here ({missing}); recompile the artifact")
         try:
             runners_by_name[name] = PackageRunner(file, runners)
         except RuntimeError as e:

@@ -181,7 +181,7 @@ def measure_grouped_int8(rows: int, k: int, n: int, group: int, zeros: bool, rep
     tail = [zs] if zeros else []
     compiled = _compiled(lambda *ts: gemv_grouped(*ts), x, qs[0], scales, *tail)
     fns = {"gemv": _rotating(lambda q: compiled(x, q, scales, *tail), qs)}
-    if native_kernels.available():
+    if native_kernels.available("gemv_int8_grouped"):
         fns["native"] = _rotating(lambda q: native_kernels.gemv_int8_grouped(x, q, scales, zs), qs)
     return _best_of(fns, reps)
 
@@ -258,7 +258,8 @@ class GemmTimings:
         from fxopt import native_kernels
 
         # keyed by the native kernels' sources too: a changed kernel is timed again
-        key = f"int8-grouped,{group},{int(zeros)},{rows},{k},{n},native-{native_kernels.source_digest()}"
+        native = native_kernels.source_digest("gemv_int8_grouped")
+        key = f"int8-grouped,{group},{int(zeros)},{rows},{k},{n},native-{native}"
         if key not in self.table:
             self.table[key] = measure_grouped_int8(rows, k, n, group, zeros, self.reps)
             self.measured += 1

@@ -27,9 +27,11 @@ loops, so fxopt writes them by hand (``csrc/``):
   row is read twice while in L1. Measured in MiniLM's int8 encoder on an Intel Xeon (AVX-512, 2 threads): the
   GELU-and-quantize work of a layer fell from 5.1 ms to about 2.5 ms (BENCHMARKS.md, 2026-11-29).
 
-The library is compiled once per machine and source with Inductor's own compiler settings (``-march=native``,
-about 30 s) into ``~/.cache/fxopt/native-<machine>-<sources>/`` and loaded with ``torch.ops.load_library``; where
-no compiler works, :func:`available` says why and the passes keep Inductor's code.
+Each kernel is its own library, compiled the first time a graph needs it, once per machine and source, with
+Inductor's own compiler settings (``-march=native``, 15–25 s each here) into
+``~/.cache/fxopt/native-<machine>-<source>/`` and loaded with ``torch.ops.load_library``: an int8 prefill builds
+only its quantizer, a decode graph only its GEMV and attention. Where no compiler works, :func:`available` says
+why and the passes keep Inductor's code.
 
 The ops' schemas and shape functions are defined here, in Python, so graphs that hold them can be traced and
 lowered; :func:`load` must have run before such a graph executes, which the passes that write the ops and the
@@ -48,8 +50,9 @@ import torch
 
 from fxopt.machine import cache_dir, machine_key
 
-SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("gemv_int8.cpp", "decode_attention.cpp",
-                                                                     "quantize_rows.cpp"))
+#: each op of the ``fxopt`` namespace, and the source of the library that implements it
+KERNELS = {"gemv_int8_grouped": "gemv_int8.cpp", "decode_attention": "decode_attention.cpp",
+           "quantize_rows": "quantize_rows.cpp"}
 
 torch.library.define("fxopt::gemv_int8_grouped",
                      "(Tensor x, Tensor q, Tensor scales, Tensor? zeros, Tensor? bias) -> Tensor")
@@ -74,21 +77,34 @@ def _quantize_rows_shape(x):
 
 
 _lock = threading.Lock()
-_state: dict[str, str | None] = {}  # "error": why the library could not be built or loaded; "path": where it is
+_state: dict[str, dict[str, str]] = {}  # per kernel: "error" (why it could not be built or loaded) or "path"
 
 
-def source_digest() -> str:
-    """A digest of the kernels' sources: a build, or a timing of a kernel, is only valid for these sources."""
-    return hashlib.sha1(b"".join(path.read_bytes() for path in SOURCES)).hexdigest()[:12]
+def _kernels(kernel: str | None) -> list[str]:
+    if kernel is None:
+        return list(KERNELS)
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown native kernel {kernel!r}; fxopt has {', '.join(KERNELS)}")
+    return [kernel]
 
 
-def library_path() -> Path:
-    """Where this machine's build of the current sources lives."""
-    return cache_dir() / f"native-{machine_key().digest()}-{source_digest()}" / "fxopt_native.so"
+def _source(kernel: str) -> Path:
+    return Path(__file__).with_name("csrc") / KERNELS[kernel]
 
 
-def _build(target: Path) -> None:
-    """Compile :data:`SOURCES` into ``target`` with Inductor's C++ settings, atomically (test workers build at
+def source_digest(kernel: str | None = None) -> str:
+    """A digest of a kernel's source (of every kernel's, without ``kernel``): a build, or a timing of a kernel, is
+    only valid for it."""
+    return hashlib.sha1(b"".join(_source(k).read_bytes() for k in _kernels(kernel))).hexdigest()[:12]
+
+
+def library_path(kernel: str) -> Path:
+    """Where this machine's build of ``kernel``'s current source lives."""
+    return cache_dir() / f"native-{machine_key().digest()}-{source_digest(kernel)}" / f"fxopt_{kernel}.so"
+
+
+def _build(kernel: str, target: Path) -> None:
+    """Compile ``kernel``'s source into ``target`` with Inductor's C++ settings, atomically (test workers build at
     once)."""
     from torch._inductor import cpp_builder
     from torch._inductor.cpu_vec_isa import pick_vec_isa
@@ -97,53 +113,68 @@ def _build(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         options = cpp_builder.CppTorchOptions(vec_isa=pick_vec_isa(), include_pytorch=True,
                                               extra_flags=("-march=native",))
-        builder = cpp_builder.CppBuilder("fxopt_native", [str(p) for p in SOURCES], options, output_dir=tmp)
+        builder = cpp_builder.CppBuilder(f"fxopt_{kernel}", [str(_source(kernel))], options, output_dir=tmp)
         builder.build()
         os.replace(builder.get_target_file_path(), target)
 
 
-def load() -> bool:
-    """Build (once per machine and source) and load the kernel library; False where that failed (see
-    :func:`why_unavailable`). Safe to call often: the second call costs nothing."""
+def _load_one(kernel: str) -> bool:
     with _lock:
-        if "path" in _state or "error" in _state:
-            return "path" in _state
-        try:
-            target = library_path()
-            if not target.exists():
-                print("[fxopt] building fxopt's native kernels for this machine (once, about 30 s) …",
-                      file=sys.stderr, flush=True)
-                _build(target)
-            torch.ops.load_library(str(target))
-            _state["path"] = str(target)
-        except Exception as e:  # no compiler, no headers, a read-only cache: Inductor's code is used instead
-            _state["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
-    return "path" in _state
+        state = _state.setdefault(kernel, {})
+        if not state:
+            try:
+                target = library_path(kernel)
+                if not target.exists():
+                    print(f"[fxopt] building fxopt's native kernel {kernel} for this machine (once, about 20 s) …",
+                          file=sys.stderr, flush=True)
+                    _build(kernel, target)
+                torch.ops.load_library(str(target))
+                state["path"] = str(target)
+            except Exception as e:  # no compiler, no headers, a read-only cache: Inductor's code is used instead
+                message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                state["error"] = f"{type(e).__name__}: {message}"[:300]
+        return "path" in state
 
 
-def available() -> bool:
-    return load()
+def load(kernel: str | None = None) -> bool:
+    """Build (once per machine and source) and load ``kernel``'s library (every kernel's, without one); False where
+    that failed (see :func:`why_unavailable`). Safe to call often: the second call costs nothing."""
+    return all([_load_one(k) for k in _kernels(kernel)])
 
 
-def why_unavailable() -> str | None:
-    """Why the library could not be built or loaded here, or None when it is loaded."""
-    load()
-    return _state.get("error")
+def available(kernel: str | None = None) -> bool:
+    return load(kernel)
+
+
+def why_unavailable(kernel: str | None = None) -> str | None:
+    """Why a kernel's library (the first of every kernel's that failed) could not be built or loaded here, or None
+    when it is loaded."""
+    load(kernel)
+    return next((_state[k]["error"] for k in _kernels(kernel) if "error" in _state[k]), None)
+
+
+def unloadable_ops(op_names) -> str | None:
+    """Load the libraries of ops named as an artifact's manifest names them (``fxopt.quantize_rows.default``);
+    why the first that cannot be loaded fails, or None when all are loaded."""
+    for kernel in dict.fromkeys(name.split(".")[1] for name in op_names):
+        if not load(kernel):
+            return why_unavailable(kernel)
+    return None
 
 
 def gemv_int8_grouped(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None = None,
                       bias: torch.Tensor | None = None) -> torch.Tensor:
     """The op, loading the library first (eager use and tests)."""
-    if not load():
-        raise RuntimeError(f"fxopt's native kernels are not available here: {why_unavailable()}")
+    if not load("gemv_int8_grouped"):
+        raise RuntimeError(f"fxopt's native GEMV is not available here: {why_unavailable('gemv_int8_grouped')}")
     return torch.ops.fxopt.gemv_int8_grouped(x, q, scales, zeros, bias)
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
                      scale: float) -> torch.Tensor:
     """The op, loading the library first (eager use and tests)."""
-    if not load():
-        raise RuntimeError(f"fxopt's native kernels are not available here: {why_unavailable()}")
+    if not load("decode_attention"):
+        raise RuntimeError(f"fxopt's native attention is not available here: {why_unavailable('decode_attention')}")
     return torch.ops.fxopt.decode_attention(q, keys, values, mask, scale)
 
 
@@ -152,6 +183,6 @@ def write_gemv_native(rw, before: torch.fx.Node, x: torch.fx.Node, q: torch.fx.N
     """Insert the op on ``x`` and the constants ``q``/``scales``/``zeros`` (and ``bias``) before ``before``: what
     :func:`fxopt.gemv.write_gemv_grouped` computes, as one extern call; returns its output node. Loads the library
     (a graph holding the op runs only where it is loaded)."""
-    if not load():
-        raise RuntimeError(f"fxopt's native kernels are not available here: {why_unavailable()}")
+    if not load("gemv_int8_grouped"):
+        raise RuntimeError(f"fxopt's native GEMV is not available here: {why_unavailable('gemv_int8_grouped')}")
     return rw.call(torch.ops.fxopt.gemv_int8_grouped.default, (x, q, scales, zeros, bias), before=before)

@@ -67,7 +67,7 @@ def plan_key(gm: torch.fx.GraphModule, mode: str, budget: Budget, batches: Seque
              f"{planner!r}|{tuple(higher)!r}|".encode())
     for name in PLANNER_MODULES:
         h.update(Path(importlib.import_module(name).__file__).read_bytes())
-    h.update(native_kernels.source_digest().encode())  # the simulation quantizes on fxopt::quantize_rows
+    h.update(native_kernels.source_digest("quantize_rows").encode())  # the simulation quantizes on fxopt::quantize_rows
     graph_digest(h, gm, batches)
     return h.hexdigest()
 

@@ -80,7 +80,7 @@ def quantize_per_token(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     the other two of shape (rows, 1), ``rows ≈ (q - zero_point) · scale``. What the graph computes, bit for bit:
     ``fxopt::quantize_rows`` where fxopt's native kernels build (:mod:`fxopt.native_kernels`), these aten ops
     elsewhere."""
-    if native_kernels.available():
+    if native_kernels.available("quantize_rows"):
         return torch.ops.fxopt.quantize_rows(rows)
     low = rows.amin(-1, keepdim=True).clamp_max(0.0)
     high = rows.amax(-1, keepdim=True).clamp_min(0.0)
@@ -99,7 +99,7 @@ def quantize_rows(rw, rows, before):
     def call(op, *args):
         return rw.call(op, args, before=before)
 
-    if native_kernels.available():
+    if native_kernels.available("quantize_rows"):
         out = call(torch.ops.fxopt.quantize_rows.default, rows)
         return tuple(call(operator.getitem, out, i) for i in range(3))
     low = call(aten.clamp_max.default, call(aten.amin.default, rows, [-1], True), 0.0)

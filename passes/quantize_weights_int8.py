@@ -219,9 +219,9 @@ def quantize_weights_int8(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRes
     if opts.kernel == "native" and (not opts.group_size or opts.group_size % 16):
         raise ValueError(f'kernel="native" runs groups of a multiple of 16 inputs, not group_size={opts.group_size}; '
                          'give group_size=32 or another kernel')
-    if opts.kernel == "native" and not native_kernels.available():
-        raise ValueError(f'kernel="native" is not available here ({native_kernels.why_unavailable()}); '
-                         'use kernel="gemv" or "measure"')
+    if opts.kernel == "native" and not native_kernels.available("gemv_int8_grouped"):
+        why = native_kernels.why_unavailable("gemv_int8_grouped")
+        raise ValueError(f'kernel="native" is not available here ({why}); use kernel="gemv" or "measure"')
     timings = gemm_backends.GemmTimings() if opts.kernel == "measure" else None
 
     grouped: dict[int, tuple] = {}
@@ -270,7 +270,7 @@ def _use_native(weight, opts: WeightInt8Options, zeros: bool, rows: int, timings
     ``kernel="native"``, or measured faster than Inductor's gemv loop for its shape on this machine."""
     if opts.kernel != "measure":
         return opts.kernel == "native"
-    if not native_kernels.available() or opts.group_size % 16:
+    if not native_kernels.available("gemv_int8_grouped") or opts.group_size % 16:
         return False
     n, k = weight.shape
     times = timings.get_grouped_int8(max(rows, 1), k, n, opts.group_size, zeros)

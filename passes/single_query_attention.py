@@ -108,7 +108,7 @@ def single_query_attention(gm: torch.fx.GraphModule, ctx: PassContext) -> PassRe
             continue
         scale = node.kwargs.get("scale") or 1 / math.sqrt(dim)
         # available() builds the kernels on first use: only a graph with a matching attention pays for that
-        if ctx.options.native and _native_fits(q_val, keys, values) and native_kernels.available():
+        if ctx.options.native and _native_fits(q_val, keys, values) and native_kernels.available("decode_attention"):
             rw.replace(node, rw.call(torch.ops.fxopt.decode_attention.default, (q, keys, values, mask, scale),
                                      before=node))
             rw.count("attentions (native kernel)")

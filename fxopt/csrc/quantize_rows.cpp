@@ -8,7 +8,8 @@
 // result is bit for bit its; what differs is the work: one parallel task per block of rows reads each row twice
 // while it is in L1, and as an extern op it makes Inductor store its input once, where Inductor's own fused loop
 // recomputes whatever produced x (a GELU's erf) once for the range and again for the quantization.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
