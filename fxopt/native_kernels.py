@@ -156,7 +156,10 @@ def why_unavailable(kernel: str | None = None) -> str | None:
 def unloadable_ops(op_names) -> str | None:
     """Load the libraries of ops named as an artifact's manifest names them (``fxopt.quantize_rows.default``);
     why the first that cannot be loaded fails, or None when all are loaded."""
-    for kernel in dict.fromkeys(name.split(".")[1] for name in op_names):
+    for name in op_names:
+        kernel = name.split(".")[1] if name.count(".") >= 1 else name
+        if kernel not in KERNELS:
+            return f"this fxopt has no native kernel {name!r} (it has {', '.join(KERNELS)})"
         if not load(kernel):
             return why_unavailable(kernel)
     return None

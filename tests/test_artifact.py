@@ -110,6 +110,8 @@ def _flip_byte(file, at):
     (lambda p: _edit_manifest(p, lambda m: m.pop("packages")), "lacks packages"),
     (lambda p: _edit_manifest(p, lambda m: m["packages"].update(forward=[1, 2])), "malformed"),
     (lambda p: _edit_manifest(p, lambda m: m.update(machine="x86")), "malformed"),
+    (lambda p: _edit_manifest(p, lambda m: m["packages"]["forward"].update(native_ops=["fxopt.nope.default"])),
+     "no native kernel 'fxopt.nope.default'"),
 ])
 def test_damaged_artifacts_fail_with_a_clear_error(minilm_artifact, tmp_path, damage, message):
     path = _copy(minilm_artifact, tmp_path)
