@@ -107,7 +107,7 @@ def simulate_linear(mode: str, x: torch.Tensor, w: torch.Tensor, bias, weights: 
             return out + bias if bias is not None else out
         q = calibration.quantize(rows, scale, zero_point)
         return _qlinear(q, weights.get(key, w), scale, zero_point, bias).view(shape)
-    q, scale, zero_point = quantize_per_token(rows.contiguous())
+    q, scale, zero_point = quantize_per_token(rows)
     if weights.use_kernel:
         int8 = weights.get(key, w)
         # Σ q_x · q_w · s_w in int32, then the zero point's correction and the row scale: the quantized graph's ops,

@@ -52,7 +52,8 @@ def _edge_rows():
     return x
 
 
-@pytest.mark.skipif(not native_kernels.available(), reason=f"no native build: {native_kernels.why_unavailable()}")
+@pytest.mark.skipif(not native_kernels.available("quantize_rows"),
+                    reason=f"no native build: {native_kernels.why_unavailable('quantize_rows')}")
 def test_native_quantize_rows_is_bit_for_bit_the_aten_form(monkeypatch):
     """``fxopt::quantize_rows`` (the graph's op where the native kernels build) and the aten ops (elsewhere) give
     the same codes, scales and zero points, bit for bit, on rows of every kind and a width that is not a multiple
@@ -68,7 +69,8 @@ def test_native_quantize_rows_is_bit_for_bit_the_aten_form(monkeypatch):
         assert all(torch.equal(a, b) for a, b in zip(native, _run_quantize_rows(x)))
 
 
-@pytest.mark.skipif(not native_kernels.available(), reason=f"no native build: {native_kernels.why_unavailable()}")
+@pytest.mark.skipif(not native_kernels.available("quantize_rows"),
+                    reason=f"no native build: {native_kernels.why_unavailable('quantize_rows')}")
 def test_int8_graph_computes_a_gelu_once_per_element():
     """After a GELU, Inductor's own fused quantization computes the GELU's erf twice per element (once for the
     row's range, once to quantize); with ``fxopt::quantize_rows`` its generated code holds one ``erf`` per GELU."""
