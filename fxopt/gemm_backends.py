@@ -210,12 +210,12 @@ def _kernel(kind: str, rows: int, k: int, n: int):
 
 
 def measure_attention(batch: int, heads: int, queries: int, keys: int, head_dim: int, value_dim: int, masked: bool,
-                      reps: int = 15) -> float:
-    """Median milliseconds of ATen's ``scaled_dot_product_attention`` in fp32 at this shape, with a boolean mask
-    of shape (batch, 1, queries, keys) when ``masked`` (both models' graphs pass one)."""
-    q = torch.randn(batch, heads, queries, head_dim)
-    k = torch.randn(batch, heads, keys, head_dim)
-    v = torch.randn(batch, heads, keys, value_dim)
+                      reps: int = 15, dtype: torch.dtype = torch.float32) -> float:
+    """Median milliseconds of ATen's ``scaled_dot_product_attention`` on ``dtype`` Q/K/V at this shape, with a
+    boolean mask of shape (batch, 1, queries, keys) when ``masked`` (both models' graphs pass one)."""
+    q = torch.randn(batch, heads, queries, head_dim, dtype=dtype)
+    k = torch.randn(batch, heads, keys, head_dim, dtype=dtype)
+    v = torch.randn(batch, heads, keys, value_dim, dtype=dtype)
     mask = torch.ones(batch, 1, queries, keys, dtype=torch.bool) if masked else None
     return _best_of({"sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, mask)}, reps)["sdpa"]
 
@@ -280,11 +280,12 @@ class GemmTimings:
             self.measured += 1
         return entry[kind] if kind in entry else entry["fp32"] * entry[f"{kind}/fp32"]
 
-    def get_attention(self, *shape: int | bool) -> float:
-        """Milliseconds of :func:`measure_attention` at this shape."""
-        key = "sdpa," + ",".join(str(int(d)) for d in shape)
+    def get_attention(self, *shape: int | bool, dtype: torch.dtype = torch.float32) -> float:
+        """Milliseconds of :func:`measure_attention` at this shape, on ``dtype`` Q/K/V."""
+        kind = "sdpa" if dtype == torch.float32 else f"sdpa-{str(dtype).removeprefix('torch.')}"
+        key = f"{kind}," + ",".join(str(int(d)) for d in shape)
         if key not in self.table:
-            self.table[key] = {"sdpa": measure_attention(*shape, reps=self.reps)}
+            self.table[key] = {"sdpa": measure_attention(*shape, reps=self.reps, dtype=dtype)}
             self.measured += 1
         return self.table[key]["sdpa"]
 

@@ -288,8 +288,7 @@ def higher_precisions(low: str) -> tuple[str, ...]:
     static int8, then bf16 — only where this machine's measured bf16 GEMM rate beats its fp32 rate (without
     AVX512-BF16 or AMX, bf16 is emulated and slower than fp32) — then fp32."""
     from fxopt.cost import machine_peaks
-    peaks = machine_peaks()
-    bf16 = ("bf16",) if peaks.bf16_flops > peaks.fp32_flops else ()
+    bf16 = ("bf16",) if machine_peaks().native_bf16 else ()
     return (*(("int8",) if low == "int8-static" else ()), *bf16, "fp32")
 
 

@@ -5,6 +5,7 @@ ones it runs, in order.
 """
 from fxopt.passes.eliminate_dead_nodes import eliminate_dead_nodes
 from fxopt.passes.canonicalize import canonicalize
+from fxopt.passes.cast_attention_bf16 import cast_attention_bf16
 from fxopt.passes.cast_linears_bf16 import cast_linears_bf16
 from fxopt.passes.eliminate_common_subexpressions import eliminate_common_subexpressions
 from fxopt.passes.fold_constants import fold_constants
@@ -42,6 +43,7 @@ BUILTIN_PASSES = (
     quantize_dynamic_int8,
     quantize_static_int8,
     cast_linears_bf16,
+    cast_attention_bf16,
     quantize_weights_int8,
     quantize_weights_int4,
     select_gemm_backend,
@@ -51,4 +53,5 @@ __all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "canonicalize", "eliminate_
            "fold_constants", "fold_position_tables", "fuse_layer_norm", "fuse_rms_norm", "fuse_attention",
            "single_query_attention",
            "prune_attention_heads", "prune_mlp_channels", "factorize_low_rank", "fuse_sibling_linears", "smooth_activations", "quantize_dynamic_int8", "quantize_static_int8", "cast_linears_bf16",
+           "cast_attention_bf16",
            "quantize_weights_int8", "quantize_weights_int4", "select_gemm_backend"]

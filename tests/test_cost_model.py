@@ -130,8 +130,8 @@ class FakeTimings:
         self.asked.append(("linear", kind, rows, k, n))
         return 7.0
 
-    def get_attention(self, *shape):
-        self.asked.append(("sdpa", *shape))
+    def get_attention(self, *shape, dtype=torch.float32):
+        self.asked.append(("sdpa" if dtype == torch.float32 else f"sdpa {dtype}", *shape))
         return 3.0
 
 
@@ -158,9 +158,24 @@ def test_measured_kernels_replace_the_roofline_of_gemms_and_attention():
     assert all(seconds[n] == roofline[n] for n in seconds if n not in timed)
 
 
+def test_a_bf16_attention_is_timed_in_bf16():
+    """After cast-attention-bf16 an attention's Q/K/V are bf16: it costs bf16 attention's measured time, not fp32's;
+    a dtype fxopt does not time keeps its roofline."""
+    from fxopt import gemm_backends
+    from fxopt.cost.kernel_times import MeasuredKernels
+
+    if not gemm_backends.available():
+        pytest.skip("this torch build has no oneDNN/MKL")
+    timings = FakeTimings()
+    kernels = MeasuredKernels(timings)
+    assert kernels.seconds("sdpa", "bfloat16", 2, 4, 5, 5, 8, 8, 1) == pytest.approx(3e-3)
+    assert kernels.seconds("sdpa", "float16", 2, 4, 5, 5, 8, 8, 1) is None
+    assert timings.asked == [("sdpa torch.bfloat16", 2, 4, 5, 5, 8, 8, 1)]
+
+
 def test_kernels_are_timed_in_turns_and_cached(tmp_path, monkeypatch):
     """Each shape is timed in fp32 and uint8 (oneDNN's int8 linear) in turns; bf16 is kept as its ratio to an fp32
-    timing taken with it; an attention shape once; all of it lands in the GEMM timings file."""
+    timing taken with it; an attention shape once per dtype; all of it lands in the GEMM timings file."""
     from fxopt import gemm_backends, onednn_int8
 
     if not (gemm_backends.available() and onednn_int8.available()):
@@ -171,6 +186,8 @@ def test_kernels_are_timed_in_turns_and_cached(tmp_path, monkeypatch):
     assert set(timings.table["kernel,16,64,32"]) == {"fp32", "uint8"}
     assert timings.get_kernel("bf16", 16, 64, 32) > 0 and "bf16/fp32" in timings.table["kernel,16,64,32"]
     assert timings.get_attention(1, 2, 4, 4, 8, 8, 1) > 0
+    assert timings.get_attention(1, 2, 4, 4, 8, 8, 1, dtype=torch.bfloat16) > 0
+    assert {"sdpa,1,2,4,4,8,8,1", "sdpa-bfloat16,1,2,4,4,8,8,1"} <= set(timings.table)  # fp32's key as it was
     timings.save()
     again = gemm_backends.GemmTimings()
     assert again.get_kernel("uint8", 16, 64, 32) == timings.get_kernel("uint8", 16, 64, 32) and again.measured == 0

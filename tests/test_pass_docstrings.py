@@ -63,6 +63,10 @@ def _linear():
     return Projection().eval()
 
 
+def _sdpa(q, k, v, mask):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5)
+
+
 def _attention_inputs():
     q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
     return (q, k, v, torch.zeros(2, 1, 6, 6))
@@ -94,6 +98,7 @@ EXAMPLES = {
     "quantize-weights-int8": ("fxopt.passes.quantize_weights_int8", _linear(), (torch.randn(4, 10, 64),), {"rtol": 2e-2}),
     "quantize-weights-int4": ("fxopt.passes.quantize_weights_int4", _linear(), (torch.randn(4, 10, 64),), {"rtol": 0.2}),
     "cast-linears-bf16": ("fxopt.passes.cast_linears_bf16", _linear(), (torch.randn(4, 10, 64),), {"rtol": 2e-2}),
+    "cast-attention-bf16": ("fxopt.passes.cast_attention_bf16", _sdpa, _attention_inputs(), {"rtol": 2e-2}),
     "smooth-activations": ("fxopt.passes.smooth_activations", NormThenLinears(), (torch.randn(2, 7, 16),),
                            {"rtol": 1e-4}),
     "prune-attention-heads": ("fxopt.passes.prune_attention_heads", MHA(), (torch.randn(4, 16, 32),),

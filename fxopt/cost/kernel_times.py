@@ -5,7 +5,7 @@ A single peak per precision (:func:`fxopt.cost.machine_peaks`, one 1024³ GEMM) 
 models. Measured on the Intel Xeon host (2 threads, one quiet spell), ATen's fp32 linear ran MiniLM's and
 SmolLM2's shapes at 159–250 GFLOP/s and oneDNN's int8 linear at 362–937 GOP/s: the int8 : fp32 ratio ran from 2.3
 (SmolLM2's 576 → 49,152 LM head) to 4.2 (MiniLM's 1,536 → 384), where the peaks put it at 3.5 for every shape.
-Attention, fp32 in every mode, is the larger part of a quantized model's time, and its roofline was a third
+Attention (then fp32 in every mode) is the larger part of a quantized model's time, and its roofline was a third
 short. The bench's predicted speed of the int8 rows was 13–37% high.
 
 :class:`MeasuredKernels` times each kernel the first time a prediction needs it and keeps it in the GEMM timings
@@ -16,7 +16,8 @@ cache (``~/.cache/fxopt/gemm-<machine>.json``; :class:`fxopt.gemm_backends.GemmT
   same 1024 × 384 → 1,152 fp32 linear: 3.7 ms, then 8.7 ms), so the kernels of one shape are timed in turns and
   what a prediction compares (fp32 eager against int8 compiled) comes from one spell;
 * ``("sdpa", batch, heads, queries, keys, head dim, value dim, masked)`` —
-  :func:`fxopt.gemm_backends.measure_attention`, fp32.
+  :func:`fxopt.gemm_backends.measure_attention`, in the attention's own dtype (fp32, or bf16 where
+  ``cast-attention-bf16`` ran).
 
 Every other node keeps its roofline time.
 
@@ -26,11 +27,15 @@ Every other node keeps its roofline time.
 """
 from __future__ import annotations
 
+import torch
+
 from fxopt import gemm_backends
 from fxopt.gemm_backends import GemmTimings
 
 #: a linear's dtype (its activations') → the kernel timed for it
 KERNEL_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "uint8": "uint8"}
+#: an attention's dtype (its output's, which is its Q/K/V's) → the dtype it is timed in
+ATTENTION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class MeasuredKernels:
@@ -45,7 +50,8 @@ class MeasuredKernels:
         if not gemm_backends.available() or min(shape[:-1] if kind == "sdpa" else shape) < 1:
             return None
         if kind == "sdpa":
-            return self.timings.get_attention(*shape) / 1e3 if dtype == "float32" else None
+            return (self.timings.get_attention(*shape, dtype=ATTENTION_DTYPES[dtype]) / 1e3
+                    if dtype in ATTENTION_DTYPES else None)
         kernel = KERNEL_OF_DTYPE.get(dtype)
         if kind != "linear" or kernel is None:
             return None

@@ -26,6 +26,12 @@ class MachinePeaks:
     int8_ops: float
     bandwidth: float  # bytes/s, read + write traffic of a large copy
 
+    @property
+    def native_bf16(self) -> bool:
+        """Whether bf16 pays here: its measured GEMM rate beats fp32's (AVX512-BF16 or AMX). Without them bf16 is
+        emulated and slower than fp32."""
+        return self.bf16_flops > self.fp32_flops
+
     def describe(self) -> str:
         return (f"fp32 {self.fp32_flops / 1e9:.0f} GFLOP/s, bf16 {self.bf16_flops / 1e9:.0f} GFLOP/s, "
                 f"int8 {self.int8_ops / 1e9:.0f} GOP/s, memory {self.bandwidth / 1e9:.1f} GB/s")
