@@ -1,7 +1,8 @@
 """cast-attention-bf16: attention runs on bf16 queries, keys and values; its softmax and the rest stay fp32.
 
-With the linears in bf16 (``cast-linears-bf16``), fp32 attention becomes the largest part of a transformer's call
-on a CPU with AMX or AVX512-BF16. ATen's CPU flash attention takes bf16 Q/K/V, multiplies them on the bf16 units
+With the linears in bf16 (``cast-linears-bf16``) on a CPU with AMX or AVX512-BF16, fp32 attention is a large part
+of a transformer's call: profiled on MiniLM (Intel Xeon with AMX), six attentions took 17.4 ms beside 36.5 ms of
+bf16 GEMMs. ATen's CPU flash attention takes bf16 Q/K/V, multiplies them on the bf16 units
 and keeps its softmax statistics (running max and sum) and accumulators in fp32; only its inputs and its output
 are rounded to bf16. The mask is left as it is: an fp32 additive mask is added to the fp32 scores (no large
 negative value rounds to ``-inf``), a boolean one is unchanged. The casts sit at the attention's boundaries and
