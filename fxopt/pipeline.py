@@ -33,6 +33,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "single-query-attention",          # ... but one query (a decode step): fxopt's kernel on the K/V heads
     "fuse-sibling-linears",            # q/k/v and gate/up projections → one linear + split
     "select-gemm-backend",             # each linear on the GEMM library measured fastest here (oneDNN or MKL)
+    "pack-linears-bf16",               # bf16 linears on oneDNN's packed weight, bias and GELU in its epilogue
 )
 
 

@@ -27,9 +27,10 @@ before: a tensor packed for oneDNN or MKL (opaque, and unpicklable for the cache
 alone (a bf16 cast: freezing runs it once), or a linear, matmul or convolution on a constant weight that
 Inductor packs only when frozen.
 
-An int8 weight's ``onednn.qlinear_prepack`` is the one computation on a weight alone that is lifted too:
-:func:`lift_weights` packs the weight once, eagerly, and the *packed* tensor becomes the input (a FakeTensor of
-it keys the caches by shape, as any input; the packed bytes are never pickled)::
+An int8 weight's ``onednn.qlinear_prepack`` and a bf16 weight's ``mkldnn._reorder_linear_weight``
+(``pack-linears-bf16``) are the computations on a weight alone that are lifted too: :func:`lift_weights` packs
+the weight once, eagerly, and the *packed* tensor becomes the input (a FakeTensor of it keys the caches by shape,
+as any input; the packed bytes are never pickled)::
 
     %w = get_attr[target=_fxopt_int8_weight_0]                 %w_packed = placeholder[target=_fxopt_weight_0]
     %p = onednn.qlinear_prepack(%w, None)             ──▶      %y = onednn.qlinear_pointwise(%q, …, %w_packed, …)
@@ -56,8 +57,11 @@ aten = torch.ops.aten
 
 onednn = torch.ops.onednn
 
-#: Packing ops that :func:`lift_weights` runs once on a constant weight, lifting the packed result.
-_PACKED_AT_LIFT = (onednn.qlinear_prepack.default,) if hasattr(onednn, "qlinear_prepack") else ()
+#: Packing ops that :func:`lift_weights` runs once on a constant weight, lifting the packed result: an int8
+#: weight's and a bf16 weight's (``pack-linears-bf16``).
+_PACKED_AT_LIFT = tuple(op.default for op in (getattr(onednn, "qlinear_prepack", None),
+                                              getattr(torch.ops.mkldnn, "_reorder_linear_weight", None))
+                        if op is not None)
 
 #: Ops whose constant weight Inductor packs (oneDNN/MKL layouts) only under freezing: operand positions.
 _PACKED_WHEN_FROZEN = {
@@ -102,7 +106,7 @@ def freezing_reason(gm: torch.fx.GraphModule) -> str | None:
 def _packed_at_lift(node: torch.fx.Node) -> bool:
     """Whether ``node`` packs a constant weight, which :func:`lift_weights` does once, lifting the result."""
     return (node.target in _PACKED_AT_LIFT and isinstance(node.args[0], torch.fx.Node)
-            and node.args[0].op == "get_attr" and all(a is None for a in node.args[1:]))
+            and node.args[0].op == "get_attr" and not any(isinstance(a, torch.fx.Node) for a in node.args[1:]))
 
 
 def lift_weights(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[torch.Tensor]]:
@@ -119,7 +123,7 @@ def lift_weights(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[t
         if key not in by_key:
             tensor = make()
             lifted = graph.placeholder(f"_fxopt_weight_{len(weights)}")
-            lifted.meta["val"] = fake_mode.from_tensor(tensor, static_shapes=True) if fake_mode else tensor
+            lifted.meta["val"] = _fake_of(fake_mode, tensor) if fake_mode else tensor
             weights.append(tensor)
             by_key[key] = lifted
         return by_key[key]
@@ -138,6 +142,16 @@ def lift_weights(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[t
             continue
         env[node] = graph.node_copy(node, lambda n: env[n])
     return torch.fx.GraphModule(torch.nn.Module(), graph), weights
+
+
+def _fake_of(fake_mode, tensor: torch.Tensor) -> torch.Tensor:
+    """The FakeTensor that stands for a lifted weight. A oneDNN-packed bf16 weight (opaque, no strides: its fake
+    would report ``(1, 0)``) is given contiguous strides: Inductor's ``LinearUnary`` requires a contiguous weight
+    and would otherwise copy it, reading a storage the opaque tensor does not have. oneDNN reads it as packed."""
+    if tensor.is_mkldnn and tensor.dtype == torch.bfloat16:
+        with fake_mode:
+            return torch.empty(tensor.shape, dtype=tensor.dtype)
+    return fake_mode.from_tensor(tensor, static_shapes=True)
 
 
 def _fake_mode(gm: torch.fx.GraphModule):

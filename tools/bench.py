@@ -183,9 +183,10 @@ CONFIGS: dict[str, Callable] = {
     "fxopt int8-static": fxopt_static_config,
     "fxopt auto": fxopt_config(quantize="auto"),
     # the recipe that keeps SmolLM2's answers (docs/quantization.md): int8 but down_proj and lm_head in bf16
+    # (the default pipeline's target passes run after the portable ones appended here)
     "fxopt int8 + bf16 down_proj & lm_head": fxopt_config(passes=",".join(
-        [*DEFAULT_PIPELINE[:-1], "smooth-activations", "quantize-dynamic-int8{skip=[lm_head,down_proj]}",
-         "cast-linears-bf16", DEFAULT_PIPELINE[-1]])),
+        [*DEFAULT_PIPELINE, "smooth-activations", "quantize-dynamic-int8{skip=[lm_head,down_proj]}",
+         "cast-linears-bf16"])),
 }
 #: the configurations a plain ``fxopt bench`` runs (the A/B above only on request, the ONNX peers where installed)
 DEFAULT_CONFIGS = [c for c in CONFIGS if c not in ("fxopt without select-gemm-backend", "fxopt (weights frozen)")

@@ -11,8 +11,9 @@ short. The bench's predicted speed of the int8 rows was 13–37% high.
 :class:`MeasuredKernels` times each kernel the first time a prediction needs it and keeps it in the GEMM timings
 cache (``~/.cache/fxopt/gemm-<machine>.json``; :class:`fxopt.gemm_backends.GemmTimings`):
 
-* ``("linear", rows, in, out)`` — :func:`fxopt.gemm_backends.measure_kernels`: ATen's linear for fp32 and bf16
-  activations, oneDNN's packed int8 linear for uint8 ones. This host's speed moves by up to 2× over minutes (the
+* ``("linear", rows, in, out)`` — :func:`fxopt.gemm_backends.measure_kernels`: ATen's linear for fp32
+  activations, oneDNN's linear on a packed weight for bf16 ones (``pack-linears-bf16``; ATen's linear where this
+  torch has no oneDNN) and for uint8 ones. This host's speed moves by up to 2× over minutes (the
   same 1024 × 384 → 1,152 fp32 linear: 3.7 ms, then 8.7 ms), so the kernels of one shape are timed in turns and
   what a prediction compares (fp32 eager against int8 compiled) comes from one spell;
 * ``("sdpa", batch, heads, queries, keys, head dim, value dim, masked)`` —
@@ -59,6 +60,10 @@ class MeasuredKernels:
             from fxopt import onednn_int8
             if not onednn_int8.available():
                 return None
+        if kernel == "bf16":
+            from fxopt import onednn_bf16
+            if onednn_bf16.available():  # what pack-linears-bf16 makes of every bf16 linear
+                kernel = "bf16-packed"
         return self.timings.get_kernel(kernel, *shape) / 1e3
 
     def save(self) -> None:

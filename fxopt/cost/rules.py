@@ -95,8 +95,8 @@ def rule(target, in_shapes: list, out_shapes: list, args: tuple) -> OpCost | Non
         x, w = in_shapes[0], in_shapes[1]
         m = numel(x[:-1])
         return OpCost(matmul=2 * m * x[-1] * w[-1], elementwise=m * w[-1], timed=("linear", m, x[-1], w[-1]))
-    if name == "qlinear_prepack":  # a constant's packing: Inductor's freezing folds it, nothing runs per call
-        return OpCost(is_view=True)
+    if name in ("qlinear_prepack", "_reorder_linear_weight"):  # a constant's packing (int8, bf16): lifted or
+        return OpCost(is_view=True)                                # folded at lowering, nothing runs per call
     if name in ("_weight_int8pack_mm", "_weight_int4pack_mm_for_cpu", "gemv_int8_grouped"):  # weight-only: x (.., in)
         x = in_shapes[0]
         m = numel(x[:-1])
