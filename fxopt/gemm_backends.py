@@ -187,7 +187,7 @@ def measure_grouped_int8(rows: int, k: int, n: int, group: int, zeros: bool, rep
 
 
 #: the GEMM kernels the cost model times (:mod:`fxopt.cost.kernel_times`), by the dtype of their activations
-KERNELS = ("fp32", "bf16", "bf16-packed", "uint8")
+KERNELS = ("fp32", "bf16", "bf16-packed", "uint8", "uint8-dynamic")
 
 
 def _kernel(kind: str, rows: int, k: int, n: int):
@@ -195,7 +195,8 @@ def _kernel(kind: str, rows: int, k: int, n: int):
     runs), ``bf16-packed`` oneDNN's bf16 linear on a packed weight (what ``pack-linears-bf16`` emits; ATen's
     linear on the plain bf16 weight took 1.67 ms where it takes 1.21 ms at 1024 × 384 → 1,536, Intel Xeon with
     AMX), ``uint8`` oneDNN's int8 linear on a packed weight with uint8 activations (what fxopt's int8 passes
-    emit)."""
+    emit), ``uint8-dynamic`` the same preceded by the per-token quantization of fp32 rows (what
+    ``quantize-dynamic-int8`` runs: :mod:`fxopt.precision_speed` weighs it against ``bf16-packed``)."""
     if kind in ("fp32", "bf16", "bf16-packed"):
         dtype = torch.float32 if kind == "fp32" else torch.bfloat16
         x, w = torch.randn(rows, k).to(dtype), torch.randn(n, k).to(dtype)
@@ -203,14 +204,21 @@ def _kernel(kind: str, rows: int, k: int, n: int):
             packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
             return lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
         return lambda: torch.nn.functional.linear(x, w)
-    if kind == "uint8":
+    if kind in ("uint8", "uint8-dynamic"):
         from fxopt.onednn_int8 import register_fake_prepack
         register_fake_prepack()
         q = torch.randint(0, 256, (rows, k), dtype=torch.uint8)
         packed = torch.ops.onednn.qlinear_prepack(torch.randint(-127, 128, (n, k), dtype=torch.int8), None)
         scales = torch.rand(n) / 100
-        return lambda: torch.ops.onednn.qlinear_pointwise(q, 0.01, 128, packed, scales, None, None, 1.0, 0,
-                                                          torch.float32, "none", [], "")
+
+        def qlinear(q):
+            return torch.ops.onednn.qlinear_pointwise(q, 0.01, 128, packed, scales, None, None, 1.0, 0,
+                                                      torch.float32, "none", [], "")
+        if kind == "uint8":
+            return lambda: qlinear(q)
+        from fxopt.passes.quantize_dynamic_int8 import quantize_per_token
+        x = torch.randn(rows, k)
+        return lambda: qlinear(quantize_per_token(x)[0])
     raise ValueError(f"unknown GEMM kernel {kind!r}; one of {', '.join(KERNELS)}")
 
 

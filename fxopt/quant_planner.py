@@ -16,9 +16,11 @@ with their precision. How it decides, on the calibration batches only:
    linears are grouped by role (``layers.*.mlp.down_proj``: the module path without its layer index), and each
    role is scored by what keeping it out of int8 buys end to end. A linear's own error is a poor guide here: on
    SmolLM2 the q/k/v projections have the largest own errors, while ``down_proj`` and ``lm_head`` decide the
-   answers. The roles then move to the higher precision, best first, until the plan holds. "auto" starts from
-   all-int8 and "int8-static" from all static; the higher precisions are tried in order (:func:`higher_precisions`):
-   per-token int8 after static, bf16 where this machine runs it faster than fp32, then fp32.
+   answers. The roles then move to the higher precision, best first, until the plan holds. "auto" starts each
+   linear from the faster of int8 and bf16 at its shape on this machine (:mod:`fxopt.precision_speed`: measured
+   kernels, int8 charged for quantizing its input; bf16 only where it is native) and "int8-static" from all
+   static; the higher precisions are tried in order (:func:`higher_precisions`): per-token int8 after static,
+   bf16 where this machine runs it faster than fp32, then fp32.
 3. **Verdict.** ``quantize="int8"`` or ``"bf16"`` puts every linear in that precision. Whatever the mode,
    ``fxopt.compile`` then scores the *compiled* model on the calibration batches (:mod:`fxopt.quantize`): a
    miss raises :class:`fxopt.AccuracyBudgetError` naming the most sensitive linears and what was achieved, so
@@ -42,7 +44,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 from tabulate import tabulate
 
-from fxopt import calibration, metrics
+from fxopt import calibration, metrics, precision_speed
 from fxopt.calibration import RANGE_KEY, ActivationRange
 from fxopt.graph_pass import GraphPass, PassContext, PassResult, graph_pass
 from fxopt.passes.quantize_weights_int8 import linear_location
@@ -76,6 +78,8 @@ PLANNING_MARGIN = 0.5
 NOISE = 1e-6
 NOISE_RUNS = 2
 PLAN_KEY = "fxopt.precision_plan"
+#: precisions from the lowest: the search only ever moves a linear up
+RANK = {"int8-static": 0, "int8": 1, "bf16": 2, "fp32": 3}
 
 
 @dataclass
@@ -249,8 +253,11 @@ def precision_planner(mode: str, budget: Any, calibration: list[list[torch.Tenso
         an earlier compile searched for with the same key is taken from fxopt.plan_cache."""
         from fxopt import plan_cache
 
+        # "auto": each linear starts from the faster of int8 and bf16 on this machine (fxopt.precision_speed)
+        faster = precision_speed.bf16_where_faster(gm, quantizable_linears(gm)) if mode == "auto" else {}
         cache = plan_cache.PlanCache() if plan_cache.enabled() and mode in SEARCHED_MODES else None
-        key = plan_cache.plan_key(gm, mode, resolved, calibration, higher_precisions(mode)) if cache else ""
+        starts = tuple(f"starts bf16: {name}" for name in sorted(faster))
+        key = plan_cache.plan_key(gm, mode, resolved, calibration, (*higher_precisions(mode), *starts)) if cache else ""
         plan = cache.get(key, [n.name for n in quantizable_linears(gm)]) if cache else None
         if plan is not None:
             ctx.progress("the plan of an earlier compile with the same key (fxopt.plan_cache): "
@@ -259,7 +266,7 @@ def precision_planner(mode: str, budget: Any, calibration: list[list[torch.Tenso
                 plan.reference_outputs = fp32_outputs(gm, spec, calibration)
             label(gm, plan)
         else:
-            plan = make_plan(gm, mode, resolved, spec, calibration, progress=ctx.progress)
+            plan = make_plan(gm, mode, resolved, spec, calibration, progress=ctx.progress, faster=faster)
             if cache:
                 cache.put(key, plan)
         gm.meta[PLAN_KEY] = plan
@@ -293,9 +300,10 @@ def higher_precisions(low: str) -> tuple[str, ...]:
 
 
 def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputSpec,
-              batches: list[list[torch.Tensor]], progress: Callable[[str], None] = lambda message: None
-              ) -> PrecisionPlan:
-    """Search for the plan (see the module's docstring); ``progress`` gets a line per step (``ctx.progress``)."""
+              batches: list[list[torch.Tensor]], progress: Callable[[str], None] = lambda message: None,
+              faster: dict[str, str] | None = None) -> PrecisionPlan:
+    """Search for the plan (see the module's docstring); ``progress`` gets a line per step (``ctx.progress``);
+    ``faster`` names the linears that start in bf16 and why (:func:`fxopt.precision_speed.bf16_where_faster`)."""
     started = time.perf_counter()
     linears = quantizable_linears(gm)
     low = "int8-static" if mode == "int8-static" else "int8"  # what the search starts from
@@ -347,18 +355,28 @@ def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputS
         if mode in ("int8", "bf16"):  # every linear in that precision; the compiled model is checked afterwards
             _apply(gm, plan, {l.node: mode for l in layers}, lambda l: f"quantize={mode!r}", None)
             return plan
+        faster = faster or {}
+        lows = {l.node: ("bf16" if l.node in faster else low) for l in layers}
+        if faster:
+            progress(f"{len(faster)} of {len(layers)} linears run at least as fast in bf16 as in int8 here: "
+                     "they start in bf16")
+
+        def start_reason(layer: LayerChoice) -> str:
+            return faster.get(layer.node, f"{low} holds the budget")
+
         target = budget.with_margin(PLANNING_MARGIN)  # quantization noise: see PLANNING_MARGIN
         roles: dict[str, list[LayerChoice]] = {}
         for layer in layers:
             roles.setdefault(role_of(layer.location), []).append(layer)
-        all_low = simulate({l.node: low for l in layers})
-        if holds({l.node: low for l in layers}, all_low):
-            _apply(gm, plan, {l.node: low for l in layers}, lambda l: f"{low} holds the budget", all_low)
+        all_low = simulate(dict(lows))
+        if holds(dict(lows), all_low):
+            _apply(gm, plan, dict(lows), start_reason, all_low)
             return plan
         highs = higher_precisions(low)
         for high in highs:
             def keep(chosen: Sequence[str], high=high) -> dict[str, str]:
-                return {l.node: (high if role_of(l.location) in chosen else low) for l in layers}
+                return {l.node: (high if role_of(l.location) in chosen and RANK[high] > RANK[lows[l.node]]
+                                 else lows[l.node]) for l in layers}
 
             # what keeping each role out of `low` buys, measured end to end; then the best roles first
             gain = {r: scorer.loss(all_low) - scorer.loss(simulate(keep([r]))) for r in roles}
@@ -369,7 +387,7 @@ def make_plan(gm: torch.fx.GraphModule, mode: str, budget: Budget, spec: OutputS
                 if holds(keep(chosen), value) or (high == "fp32" and k == len(ranked)):
                     _apply(gm, plan, keep(chosen), lambda l, high=high: (
                         f"{role_of(l.location)} kept {high}: {low} there costs the most accuracy end to end"
-                        if l.precision == high else f"{low} holds the budget"), value)
+                        if l.precision == high and lows[l.node] != high else start_reason(l)), value)
                     plan.notes.append(f"roles by what {low} costs: " + ", ".join(
                         f"{r} ({gain[r]:+.4g})" for r in ranked))
                     return plan

@@ -4,7 +4,7 @@
 * :func:`bind_calibration` — each calibration batch bound and checked like a call of the compiled model, into
   flat graph inputs;
 * :func:`precision_pipeline` — the pipeline with the planner and the precision passes inserted after the fusions
-  (``"bf16"`` also casts attention to bf16, where this machine's bf16 rate beats fp32's);
+  (``"bf16"`` and ``"auto"`` also cast attention to bf16, where this machine's bf16 rate beats fp32's);
 * :func:`verify_compiled` — the compiled model scored on the calibration batches with the budget's metric: the
   budget the planner held in simulation must hold for the real kernels too.
 """
@@ -80,10 +80,12 @@ def precision_pipeline(pipeline: Pipeline, quantize: str, accuracy_budget: Any, 
     else:
         input_names = [s.path for s in captured.tensor_slots]
         added = [_default("smooth-activations")] if quantize != "bf16" and "smooth-activations" not in names else []
+        if quantize in ("bf16", "auto") and "cast-attention-bf16" not in names and machine_peaks().native_bf16:
+            # only where bf16 is not emulated (there it is slower); before the planner, whose simulations then
+            # include it, so that "auto"'s plan holds the budget with it
+            added += [_default("cast-attention-bf16")]
         added += [precision_planner(quantize, accuracy_budget, batches, captured.out_spec, input_names)]
         added += [_default(p) for p in PRECISION_PASSES.values() if p not in names]
-        if quantize == "bf16" and "cast-attention-bf16" not in names and machine_peaks().native_bf16:
-            added += [_default("cast-attention-bf16")]  # only where bf16 is not emulated: there it is slower
     return [*pipeline[:at], *added, *pipeline[at:]]
 
 

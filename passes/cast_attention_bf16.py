@@ -12,8 +12,9 @@ Measured on an Intel Xeon with AMX (2 threads, ``quantize="bf16"`` without and w
 interleaved): MiniLM 8 × 128 31.0 → 27.8 ms (min pooled cosine 0.99998 both), SmolLM2 prefill 1 × 256
 135.0 → 115.4 ms (held-out perplexity +0.39% → +0.25%); BENCHMARKS.md, "Quantization on an Intel Xeon host with
 AMX". Where bf16 is emulated (no AVX512-BF16 or AMX) it is slower than fp32, so
-``quantize="bf16"`` adds this pass only where this machine's measured bf16 rate beats its fp32 rate
-(:func:`fxopt.quantize.precision_pipeline`).
+``quantize="bf16"`` and ``quantize="auto"`` add this pass only where this machine's measured bf16 rate beats its
+fp32 rate (:func:`fxopt.quantize.precision_pipeline`), before the precision planner, whose simulations then run
+attention in bf16 too.
 
 Lossy (``tolerance="budget"``): the bf16 mode's budget is checked on the compiled model.
 
@@ -40,7 +41,7 @@ aten = torch.ops.aten
 
 
 @graph_pass("cast-attention-bf16", level=2, tolerance="budget",
-            after=("fuse-attention", "single-query-attention", "cast-linears-bf16"), before=("select-gemm-backend",))
+            after=("fuse-attention", "single-query-attention"), before=("plan-precision", "select-gemm-backend"))
 def cast_attention_bf16(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     """fp32 attention → attention on bf16 Q/K/V with fp32 softmax statistics, its output cast back to fp32."""
     rw = Rewriter(gm)

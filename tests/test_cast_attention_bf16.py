@@ -78,16 +78,20 @@ def test_inductor_runs_flash_attention_on_bf16_buffers():
     assert _rel(compiled(q, k, v, mask), SDPA()(q, k, v, mask)) < 2e-2
 
 
+@pytest.mark.parametrize("mode", ["bf16", "auto"])
 @pytest.mark.parametrize("native", [True, False])
-def test_bf16_mode_casts_attention_only_where_bf16_is_native(native, monkeypatch):
-    """Where bf16 is emulated (its measured rate below fp32's), bf16 attention would be slower than fp32's."""
+def test_bf16_and_auto_cast_attention_only_where_bf16_is_native(native, mode, monkeypatch):
+    """Where bf16 is emulated (its measured rate below fp32's), bf16 attention would be slower than fp32's.
+    ``"auto"`` casts it before its planner, whose simulations then include it."""
     peaks = fxopt.quantize.machine_peaks()
     bf16 = 2 * peaks.fp32_flops if native else peaks.fp32_flops / 2
     monkeypatch.setattr(fxopt.quantize, "machine_peaks", lambda: dataclasses.replace(peaks, bf16_flops=bf16))
     torch.manual_seed(0)
     model, x = SelfAttention().eval(), torch.randn(2, 16, 64)
-    compiled = fxopt.compile(model, x, quantize="bf16")
+    compiled = fxopt.compile(model, x, quantize=mode)
     names = [r.name for r in compiled.report.pipeline.records]
     assert ("cast-attention-bf16" in names) == native
     assert "cast-linears-bf16" in names
+    if native:
+        assert names.index("cast-attention-bf16") < names.index("plan-precision")
     assert _rel(compiled(x), model(x)) < 2e-2

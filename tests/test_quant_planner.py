@@ -10,6 +10,15 @@ from fxopt.cost import machine_peaks
 from fxopt import AccuracyBudgetError, CalibrationError
 
 
+@pytest.fixture(autouse=True)
+def int8_as_fast_as_bf16(monkeypatch):
+    """"auto" starts each linear from the faster of int8 and bf16 on this machine (fxopt.precision_speed): these
+    tests fix that choice to int8, so that they test the search the same way on every host."""
+    from fxopt import quant_planner
+
+    monkeypatch.setattr(quant_planner.precision_speed, "bf16_where_faster", lambda gm, linears: {})
+
+
 @pytest.fixture
 def mlp():
     torch.manual_seed(0)
@@ -27,6 +36,25 @@ def test_auto_keeps_every_linear_int8_when_the_budget_allows(mlp):
     assert _precisions(compiled) == ["int8"] * 3 and plan.compiled >= 0.99
     assert "3 int8" in str(compiled.report) and "min pooled cosine ≥ 0.99" in str(compiled.report)
     assert compiled.report.pipeline.record("quantize-dynamic-int8").stats["linears"] == 3
+
+
+def test_auto_starts_a_linear_in_bf16_where_bf16_is_as_fast_as_int8(mlp, monkeypatch):
+    """Where this machine runs a linear's bf16 kernel at least as fast as its int8 one, bf16 (the exacter) is
+    where the search starts for it; the other linears start in int8."""
+    from fxopt import quant_planner
+
+    def down_faster_in_bf16(gm, linears):
+        return {n.name: "bf16 as fast as int8 here (test)" for n in linears if "down" in n.args[1].target}
+
+    monkeypatch.setattr(quant_planner.precision_speed, "bf16_where_faster", down_faster_in_bf16)
+    model, x = mlp
+    compiled = fxopt.compile(model, x, quantize="auto", accuracy_budget=0.99, passes="eliminate-dead-nodes")
+    layers = compiled.report.precision.layers
+    assert [(l.location.split(" ")[-1], l.precision) for l in layers] == [
+        ("up", "int8"), ("down", "bf16"), ("head", "int8")], [l.location for l in layers]
+    assert layers[1].reason == "bf16 as fast as int8 here (test)"
+    stats = compiled.report.pipeline.record
+    assert stats("quantize-dynamic-int8").stats["linears"] == 2 and stats("cast-linears-bf16").stats["linears"] == 1
 
 
 def test_auto_moves_the_costliest_linears_up_to_hold_a_tight_budget(mlp):
