@@ -36,6 +36,7 @@ def bf16_where_faster(gm: torch.fx.GraphModule, linears: list[torch.fx.Node]) ->
         int8 = timings.get_kernel("uint8-dynamic", rows, k, n)
         bf16 = timings.get_kernel("bf16-packed", rows, k, n)
         if bf16 <= int8:
-            faster[node.name] = f"bf16 as fast as int8 here ({bf16:.2f} vs {int8:.2f} ms at {rows}×{k}→{n}), and exacter"
+            faster[node.name] = (f"bf16 as fast as int8 here ({bf16:.2f} vs {int8:.2f} ms at {rows}×{k}→{n}), "
+                                 "and more accurate")
     timings.save()
     return faster

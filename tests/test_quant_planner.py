@@ -44,7 +44,8 @@ def test_auto_starts_a_linear_in_bf16_where_bf16_is_as_fast_as_int8(mlp, monkeyp
     from fxopt import quant_planner
 
     def down_faster_in_bf16(gm, linears):
-        return {n.name: "bf16 as fast as int8 here (test)" for n in linears if "down" in n.args[1].target}
+        return {n.name: "bf16 as fast as int8 here (test)" for n in linears
+                if "down" in n.args[1].target}
 
     monkeypatch.setattr(quant_planner.precision_speed, "bf16_where_faster", down_faster_in_bf16)
     model, x = mlp
