@@ -13,6 +13,16 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+@pytest.fixture
+def int8_start(monkeypatch):
+    """``quantize="auto"`` starts each linear from the faster of int8 and bf16 on this machine
+    (fxopt.precision_speed): on a CPU with AMX some start in bf16. Tests of the int8 search and kernels fix that
+    start to int8, so that they hold the same way on every host."""
+    from fxopt import quant_planner
+
+    monkeypatch.setattr(quant_planner.precision_speed, "bf16_where_faster", lambda gm, linears: {})
+
+
 @pytest.fixture(scope="session")
 def minilm():
     from fxopt import models

@@ -56,7 +56,7 @@ def test_a_simulated_plan_is_the_quantized_graph(graph, mode, pass_name):
 
 
 @pytest.mark.parametrize("mode", ["int8-static", "auto"])
-def test_the_plan_compiled_eagerly_scores_what_it_simulated(monkeypatch, mode):
+def test_the_plan_compiled_eagerly_scores_what_it_simulated(monkeypatch, mode, int8_start):
     """Through the whole pipeline: the compiled model's score, with ``backend="eager"``, is the planner's simulated
     score exactly (with Inductor they differ by its fp32 summation order: the planning margin)."""
     if not onednn_int8.available():
@@ -72,7 +72,7 @@ def test_the_plan_compiled_eagerly_scores_what_it_simulated(monkeypatch, mode):
     assert plan.compiled == plan.simulated
 
 
-def test_the_search_simulates_each_plan_once(monkeypatch):
+def test_the_search_simulates_each_plan_once(monkeypatch, int8_start):
     """The search meets some plans twice (the best role's own gain is also its first ranked plan); each is
     simulated once."""
     monkeypatch.setenv("FXOPT_PLAN_CACHE", "0")

@@ -11,12 +11,8 @@ from fxopt import AccuracyBudgetError, CalibrationError
 
 
 @pytest.fixture(autouse=True)
-def int8_as_fast_as_bf16(monkeypatch):
-    """"auto" starts each linear from the faster of int8 and bf16 on this machine (fxopt.precision_speed): these
-    tests fix that choice to int8, so that they test the search the same way on every host."""
-    from fxopt import quant_planner
-
-    monkeypatch.setattr(quant_planner.precision_speed, "bf16_where_faster", lambda gm, linears: {})
+def _int8_start(int8_start):
+    """Every test here searches from int8 (conftest.int8_start); the one about the bf16 start patches its own."""
 
 
 @pytest.fixture

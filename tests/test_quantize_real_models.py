@@ -11,7 +11,7 @@ from fxopt.pipeline import DEFAULT_PIPELINE
 
 
 @pytest.mark.slow
-def test_minilm_auto_holds_its_budget_on_unseen_sentences(minilm):
+def test_minilm_auto_holds_its_budget_on_unseen_sentences(minilm, int8_start):
     compiled, (code, *_) = run_and_get_code(lambda: fxopt.compile(minilm.model, minilm.inputs(8, 128),
                                                                   quantize="auto"))
     plan = compiled.report.precision
