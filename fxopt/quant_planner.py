@@ -253,12 +253,13 @@ def precision_planner(mode: str, budget: Any, calibration: list[list[torch.Tenso
         an earlier compile searched for with the same key is taken from fxopt.plan_cache."""
         from fxopt import plan_cache
 
+        linears = quantizable_linears(gm)
         # "auto": each linear starts from the faster of int8 and bf16 on this machine (fxopt.precision_speed)
-        faster = precision_speed.bf16_where_faster(gm, quantizable_linears(gm)) if mode == "auto" else {}
+        faster = precision_speed.bf16_where_faster(gm, linears) if mode == "auto" else {}
         cache = plan_cache.PlanCache() if plan_cache.enabled() and mode in SEARCHED_MODES else None
         starts = tuple(f"starts bf16: {name}" for name in sorted(faster))
         key = plan_cache.plan_key(gm, mode, resolved, calibration, (*higher_precisions(mode), *starts)) if cache else ""
-        plan = cache.get(key, [n.name for n in quantizable_linears(gm)]) if cache else None
+        plan = cache.get(key, [n.name for n in linears]) if cache else None
         if plan is not None:
             ctx.progress("the plan of an earlier compile with the same key (fxopt.plan_cache): "
                          + ", ".join(f"{n} {p}" for p, n in plan.counts().items()))

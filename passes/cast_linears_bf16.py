@@ -3,8 +3,9 @@
 bf16 keeps fp32's exponent range and 8 bits of mantissa: on CPUs with AVX512-BF16 or AMX its GEMMs run at 2–4×
 the fp32 rate, and a linear's relative error is about 2⁻⁸ per element, averaged down by the dot product. The
 pass casts each linear's input rows and (once, at compile time) its weight to bf16, multiplies in bf16 with fp32
-accumulation (oneDNN, after Inductor's freezing packs the weight), casts the result back to fp32 and adds the
-bias in fp32. Only the linears change: LayerNorm/RMSNorm statistics, softmax and attention, residual additions
+accumulation, casts the result back to fp32 and adds the bias in fp32. The target stage's ``pack-linears-bf16``
+then puts each such linear on oneDNN's packed weight, with that bias (and a GELU feeding only bf16) in oneDNN's
+epilogue. Only the linears change: LayerNorm/RMSNorm statistics, softmax and attention, residual additions
 and activations stay in fp32 — the casts sit at the region boundaries and fuse into the neighbouring pointwise
 kernels. ``only``/``skip`` select linears by weight name or module path substring (the precision planner,
 :mod:`fxopt.quant_planner`, fills ``only``). ``kernel="gemv"`` (``"auto"``: where the example has at most
