@@ -40,6 +40,7 @@ from fxopt.artifact_manifest import FORMAT, FORMAT_VERSION, call_from_json, call
 from fxopt.call_contract import CallSignature
 from fxopt.errors import ArtifactError
 from fxopt.machine import isa_features, machine_key
+from fxopt.memory import retain_freed_memory
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer"
@@ -296,6 +297,7 @@ def load(path: str | Path, *, runners: int = 1):
     if generation and not {"prefill", "decode"} <= set(runners_by_name):
         raise ArtifactError("the manifest describes generation but the prefill/decode packages are missing; recompile")
     loaded = LoadedModule(path, manifest, call, runners_by_name, notes)
+    retain_freed_memory()  # as fxopt.compile does: each call's large outputs reuse the last call's pages
     loaded.load_seconds = time.perf_counter() - start
     return loaded
 

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 import torch.fx
 
+from fxopt.cpp_wrapper import cpp_wrapper_fits
 from fxopt.rewriter import OWN_CONSTANT_PREFIX
 from fxopt.unfrozen_lowering import compile_unfrozen, freezing_reason
 
@@ -57,12 +58,14 @@ def lower(gm: torch.fx.GraphModule, fake_inputs: Sequence[torch.Tensor], backend
     if backend == "eager":
         return Lowered(gm, backend, 0.0, 0)
     why = freezing_reason(gm) if freezing == "auto" else None
+    cpp_wrapper = cpp_wrapper_fits(gm)
     if freezing is False or (freezing == "auto" and why is None):
-        return Lowered(compile_unfrozen(gm, fake_inputs), backend, time.perf_counter() - start, 1)
+        return Lowered(compile_unfrozen(gm, fake_inputs, cpp_wrapper=cpp_wrapper), backend,
+                       time.perf_counter() - start, 1)
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx
 
-    with torch.no_grad(), inductor_config.patch(freezing=True):
+    with torch.no_grad(), inductor_config.patch(freezing=True, cpp_wrapper=cpp_wrapper):
         compiled = compile_fx(gm, list(fake_inputs))
     return Lowered(compiled, backend, time.perf_counter() - start, 1, frozen=True, why_frozen=why)
 

@@ -160,8 +160,10 @@ def _fake_mode(gm: torch.fx.GraphModule):
     return detect_fake_mode([n.meta["val"] for n in gm.graph.find_nodes(op="placeholder") if "val" in n.meta])
 
 
-def compile_unfrozen(gm: torch.fx.GraphModule, fake_inputs: Sequence[torch.Tensor]) -> Callable:
-    """Compile ``gm`` with Inductor, its weights lifted into inputs; returns a callable over the flat inputs."""
+def compile_unfrozen(gm: torch.fx.GraphModule, fake_inputs: Sequence[torch.Tensor], *,
+                     cpp_wrapper: bool = False) -> Callable:
+    """Compile ``gm`` with Inductor, its weights lifted into inputs; returns a callable over the flat inputs.
+    ``cpp_wrapper``: Inductor's C++ wrapper instead of its Python one (:mod:`fxopt.cpp_wrapper`)."""
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx
 
@@ -172,7 +174,8 @@ def compile_unfrozen(gm: torch.fx.GraphModule, fake_inputs: Sequence[torch.Tenso
     # decode step's ~490 inputs that is 0.7 ms of a 28 ms token. The weights are the graph's own tensors, and the
     # callers check the rest first (fxopt.call_contract: dtype, rank, sizes and ranges, made contiguous; the
     # generation loop allocates its caches in the traced layout), so the per-call checks are left out.
-    with torch.no_grad(), inductor_config.patch(freezing=False, size_asserts=False, alignment_asserts=False):
+    with torch.no_grad(), inductor_config.patch(freezing=False, size_asserts=False, alignment_asserts=False,
+                                                cpp_wrapper=cpp_wrapper):
         compiled = compile_fx(lifted, [*fake_weights, *fake_inputs])
 
     def run(*flat: torch.Tensor):

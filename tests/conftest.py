@@ -23,6 +23,13 @@ def int8_start(monkeypatch):
     monkeypatch.setattr(quant_planner.precision_speed, "bf16_where_faster", lambda gm, linears: {})
 
 
+@pytest.fixture
+def python_wrapper(monkeypatch):
+    """Inductor's Python wrapper, for tests that read the code it generates: graphs of aten and oneDNN float ops are
+    otherwise lowered with its C++ wrapper (fxopt.cpp_wrapper), whose code those tests do not parse."""
+    monkeypatch.setenv("FXOPT_CPP_WRAPPER", "0")
+
+
 @pytest.fixture(scope="session")
 def minilm():
     from fxopt import models

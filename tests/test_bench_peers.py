@@ -7,6 +7,8 @@ from torch._inductor.utils import run_and_get_code
 from fxopt import metrics
 from fxopt.tools import bench
 
+pytestmark = pytest.mark.usefixtures("python_wrapper")  # they read the code it generates
+
 
 @pytest.fixture
 def tiny_bert():

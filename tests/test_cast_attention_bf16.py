@@ -12,6 +12,8 @@ import fxopt.quantize
 from conftest import rel_err as _rel
 from fxopt.testing import check_pass, filecheck
 
+pytestmark = pytest.mark.usefixtures("python_wrapper")  # they read the code it generates
+
 NEG = torch.finfo(torch.float32).min  # what Hugging Face models put in an additive mask: not finite in bf16
 
 

@@ -8,6 +8,8 @@ import fxopt
 from fxopt import gemm_backends
 from fxopt.unfrozen_lowering import freezing_reason
 
+pytestmark = pytest.mark.usefixtures("python_wrapper")  # they read the code it generates
+
 
 class Block(torch.nn.Module):
     def __init__(self):

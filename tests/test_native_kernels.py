@@ -13,7 +13,8 @@ from fxopt.gemv import gemv_grouped
 from fxopt.passes.quantize_weights_int8 import quantize_groups
 from fxopt.testing import check_pass
 
-pytestmark = pytest.mark.skipif(not native_kernels.available(), reason=f"no native build: {native_kernels.why_unavailable()}")
+pytestmark = [pytest.mark.skipif(not native_kernels.available(), reason=f"no native build: {native_kernels.why_unavailable()}"),
+              pytest.mark.usefixtures("python_wrapper")]  # they read its generated code
 
 
 @pytest.mark.parametrize("rows,out,zeros,bias", [(1, 1536, True, False), (3, 1538, False, True), (2, 7, True, True)])

@@ -14,7 +14,8 @@ from fxopt import onednn_bf16
 from fxopt.testing import check_pass, filecheck
 from fxopt.unfrozen_lowering import freezing_reason
 
-pytestmark = pytest.mark.skipif(not onednn_bf16.available(), reason="no oneDNN in this torch build")
+pytestmark = [pytest.mark.skipif(not onednn_bf16.available(), reason="no oneDNN in this torch build"),
+              pytest.mark.usefixtures("python_wrapper")]  # they read its generated code
 
 
 class Bf16MLP(torch.nn.Module):

@@ -12,6 +12,8 @@ from fxopt.passes.quantize_dynamic_int8 import quantize_per_token, quantize_rows
 from fxopt.rewriter import Rewriter
 from fxopt.testing import check_pass, filecheck
 
+pytestmark = pytest.mark.usefixtures("python_wrapper")  # they read the code it generates
+
 
 def MLP():
     return GeluMLP(act=torch.nn.functional.gelu)

@@ -9,6 +9,8 @@ from fxopt import metrics
 from fxopt.generation import hf_generate
 from fxopt.pipeline import DEFAULT_PIPELINE
 
+pytestmark = pytest.mark.usefixtures("python_wrapper")  # they read the code it generates
+
 
 @pytest.mark.slow
 def test_minilm_auto_holds_its_budget_on_unseen_sentences(minilm, int8_start):

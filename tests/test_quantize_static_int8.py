@@ -10,6 +10,8 @@ from conftest import MLP
 from conftest import rel_err as _rel
 from fxopt import CalibrationError, FxoptError, calibration, metrics
 
+pytestmark = pytest.mark.usefixtures("python_wrapper")  # they read the code it generates
+
 
 @pytest.fixture
 def mlp():

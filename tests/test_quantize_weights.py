@@ -1,6 +1,7 @@
 """Weight-only quantization passes: per-channel int8 (_weight_int8pack_mm or gemv), grouped int8 (gemv) and grouped
 int4 (_weight_int4pack_mm_for_cpu), each shown running in Inductor's code, within the accuracy their formats allow,
 with skip by name."""
+import pytest
 import torch
 from torch._inductor.utils import run_and_get_code
 
@@ -8,6 +9,8 @@ import fxopt
 from conftest import MLP
 from fxopt.passes.quantize_weights_int8 import quantize_per_channel
 from fxopt.testing import check_pass, filecheck
+
+pytestmark = pytest.mark.usefixtures("python_wrapper")  # they read the code it generates
 
 
 def test_per_channel_quantization_error_is_within_half_a_step():

@@ -9,7 +9,8 @@ from fxopt import gemm_backends
 from fxopt.passes.select_gemm_backend import GemmOptions
 from fxopt.testing import check_pass, filecheck
 
-pytestmark = pytest.mark.skipif(not gemm_backends.available(), reason="this torch build lacks MKL or oneDNN")
+pytestmark = [pytest.mark.skipif(not gemm_backends.available(), reason="this torch build lacks MKL or oneDNN"),
+              pytest.mark.usefixtures("python_wrapper")]  # they read its generated code
 
 
 class MLP(torch.nn.Module):

@@ -8,6 +8,8 @@ from fxopt import native_kernels
 from fxopt.passes.single_query_attention import SingleQueryOptions
 from fxopt.testing import check_pass
 
+pytestmark = pytest.mark.usefixtures("python_wrapper")  # they read the code it generates
+
 needs_native = pytest.mark.skipif(not native_kernels.available(),
                                   reason=f"no native build: {native_kernels.why_unavailable()}")
 

@@ -301,8 +301,13 @@ def format_accuracy(acc: dict) -> str:
 def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build: Callable | None = None, *,
             batch: int | None = None, seq: int | None = None, passes: str | None = None) -> Measurement:
     """Build one configuration and time it interleaved with eager, in this process. ``model_name`` is any
-    MODEL (:mod:`fxopt.model_source`); ``passes`` is the spec of the :data:`CUSTOM_PASSES` row."""
+    MODEL (:mod:`fxopt.model_source`); ``passes`` is the spec of the :data:`CUSTOM_PASSES` row. Every row, peers
+    and eager included, runs under the heap policy ``fxopt.compile`` sets (:func:`fxopt.memory.retain_freed_memory`),
+    so that the ratios compare compiled code, not allocators."""
+    from fxopt.memory import retain_freed_memory
     from fxopt.model_source import load_source
+
+    retain_freed_memory()
 
     source = load_source(model_name)
     batch, seq = workload(model_name, batch, seq)
