@@ -10,8 +10,8 @@ Measured in one process, interleaved with eager (Intel Xeon with AMX, 2 threads,
 
 Not every op runs under it in torch 2.13: MiniLM's ``quantize="auto"`` graph, with oneDNN's int8 linear
 (``onednn.qlinear_pointwise``) and fxopt's native ops, compiled but failed on its first call ("Expected Tensor
-but got None"). So :func:`cpp_wrapper_fits` takes it only for graphs whose ops are all aten, prims or oneDNN's
-float ops (``mkldnn``), and the others keep the Python wrapper. ``FXOPT_CPP_WRAPPER=0`` turns it off.
+but got None"). So :func:`cpp_wrapper_fits` takes it only for graphs whose ops are all aten, prims or oneDNN's and
+MKL's float ops (``mkldnn``, ``mkl``), and the others keep the Python wrapper. ``FXOPT_CPP_WRAPPER=0`` turns it off.
 """
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ def _faults_writing(mb: int) -> int:
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_freed_blocks_are_kept_for_the_next_call():
-    """A 64 MB block, above glibc's largest default mmap threshold: once kept, writing the next one of the same
-    size takes almost no page faults, once the heap has grown (glibc's default maps a fresh block and faults in each of its 16,384
-    pages)."""
+    """A 64 MB block, above glibc's largest default mmap threshold: once the heap has grown to hold it, writing the
+    next one of the same size takes almost no page faults (glibc's default maps a fresh block and faults in each
+    of its 16,384 pages)."""
     assert memory.retain_freed_memory()
     # the heap first grows to hold the block and whatever was allocated beside it meanwhile
     assert min(_faults_writing(64) for _ in range(6)) < 1000
