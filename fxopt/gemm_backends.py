@@ -187,7 +187,7 @@ def measure_grouped_int8(rows: int, k: int, n: int, group: int, zeros: bool, rep
 
 
 #: the GEMM kernels the cost model times (:mod:`fxopt.cost.kernel_times`), by the dtype of their activations
-KERNELS = ("fp32", "bf16", "bf16-packed", "uint8", "uint8-dynamic")
+KERNELS = ("fp32", "fp32-bias", "bf16", "bf16-packed", "uint8", "uint8-dynamic")
 
 
 def _kernel(kind: str, rows: int, k: int, n: int):
@@ -196,7 +196,12 @@ def _kernel(kind: str, rows: int, k: int, n: int):
     linear on the plain bf16 weight took 1.67 ms where it takes 1.21 ms at 1024 × 384 → 1,536, Intel Xeon with
     AMX), ``uint8`` oneDNN's int8 linear on a packed weight with uint8 activations (what fxopt's int8 passes
     emit), ``uint8-dynamic`` the same preceded by the per-token quantization of fp32 rows (what
-    ``quantize-dynamic-int8`` runs: :mod:`fxopt.precision_speed` weighs it against ``bf16-packed``)."""
+    ``quantize-dynamic-int8`` runs: :mod:`fxopt.precision_speed` weighs it against ``bf16-packed``), ``fp32-bias``
+    ATen's linear with a bias, as eager runs ``nn.Linear`` (``addmm`` first copies the bias into every row of the
+    output: 1.3 ms of a 6.6 ms 1024 × 384 → 1,536 linear on the Intel Xeon host)."""
+    if kind == "fp32-bias":
+        x, w, b = torch.randn(rows, k), torch.randn(n, k), torch.randn(n)
+        return lambda: torch.nn.functional.linear(x, w, b)
     if kind in ("fp32", "bf16", "bf16-packed"):
         dtype = torch.float32 if kind == "fp32" else torch.bfloat16
         x, w = torch.randn(rows, k).to(dtype), torch.randn(n, k).to(dtype)
@@ -301,6 +306,14 @@ class GemmTimings:
             self.table[key] = {"sdpa": measure_attention(*shape, reps=self.reps, dtype=dtype)}
             self.measured += 1
         return self.table[key]["sdpa"]
+
+    def get_op(self, key: str, call) -> float:
+        """Milliseconds of ``call()`` (an op on inputs built for it, :func:`fxopt.cost.kernel_times.op_call`), cached
+        under ``key``."""
+        if key not in self.table:
+            self.table[key] = _best_of({"op": call}, self.reps)
+            self.measured += 1
+        return self.table[key]["op"]
 
     def save(self) -> None:
         """Merge this compile's timings into the file, atomically: processes compiling at once (test workers,

@@ -25,6 +25,7 @@ import torch
 import torch.fx
 
 from fxopt.cpp_wrapper import cpp_wrapper_fits
+from fxopt.parallel_depth import parallel_depth_at_example
 from fxopt.rewriter import OWN_CONSTANT_PREFIX
 from fxopt.unfrozen_lowering import compile_unfrozen, freezing_reason
 
@@ -60,12 +61,14 @@ def lower(gm: torch.fx.GraphModule, fake_inputs: Sequence[torch.Tensor], backend
     why = freezing_reason(gm) if freezing == "auto" else None
     cpp_wrapper = cpp_wrapper_fits(gm)
     if freezing is False or (freezing == "auto" and why is None):
-        return Lowered(compile_unfrozen(gm, fake_inputs, cpp_wrapper=cpp_wrapper), backend,
-                       time.perf_counter() - start, 1)
+        with parallel_depth_at_example(gm):
+            run = compile_unfrozen(gm, fake_inputs, cpp_wrapper=cpp_wrapper)
+        return Lowered(run, backend, time.perf_counter() - start, 1)
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx
 
-    with torch.no_grad(), inductor_config.patch(freezing=True, cpp_wrapper=cpp_wrapper):
+    with torch.no_grad(), inductor_config.patch(freezing=True, cpp_wrapper=cpp_wrapper), \
+            parallel_depth_at_example(gm):
         compiled = compile_fx(gm, list(fake_inputs))
     return Lowered(compiled, backend, time.perf_counter() - start, 1, frozen=True, why_frozen=why)
 

@@ -12,6 +12,7 @@ from fxopt.passes.fold_constants import fold_constants
 from fxopt.passes.fold_position_tables import fold_position_tables
 from fxopt.passes.fuse_attention import fuse_attention
 from fxopt.passes.single_query_attention import single_query_attention
+from fxopt.passes.grouped_query_attention import grouped_query_attention
 from fxopt.passes.fuse_layer_norm import fuse_layer_norm
 from fxopt.passes.fuse_rms_norm import fuse_rms_norm
 from fxopt.passes.fuse_sibling_linears import fuse_sibling_linears
@@ -36,6 +37,7 @@ BUILTIN_PASSES = (
     fuse_rms_norm,
     fuse_attention,
     single_query_attention,
+    grouped_query_attention,
     prune_attention_heads,
     prune_mlp_channels,
     factorize_low_rank,
@@ -53,7 +55,7 @@ BUILTIN_PASSES = (
 
 __all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "canonicalize", "eliminate_common_subexpressions",
            "fold_constants", "fold_position_tables", "fuse_layer_norm", "fuse_rms_norm", "fuse_attention",
-           "single_query_attention",
+           "single_query_attention", "grouped_query_attention",
            "prune_attention_heads", "prune_mlp_channels", "factorize_low_rank", "fuse_sibling_linears", "smooth_activations", "quantize_dynamic_int8", "quantize_static_int8", "cast_linears_bf16",
            "cast_attention_bf16",
            "quantize_weights_int8", "quantize_weights_int4", "select_gemm_backend", "pack_linears_bf16"]

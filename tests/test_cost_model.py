@@ -134,6 +134,10 @@ class FakeTimings:
         self.asked.append(("sdpa" if dtype == torch.float32 else f"sdpa {dtype}", *shape))
         return 3.0
 
+    def get_op(self, key, call):
+        self.asked.append(("op", key))
+        return 5.0
+
 
 def test_measured_kernels_replace_the_roofline_of_gemms_and_attention():
     """With ``kernels=``, a linear and an attention cost their measured time at their shape (here faked), and every
@@ -150,12 +154,42 @@ def test_measured_kernels_replace_the_roofline_of_gemms_and_attention():
     timings = FakeTimings()
     seconds = node_seconds(report, fake_peaks, MeasuredKernels(timings), batch=2, seq=5)
     timed = {n.name: n.timed[0] for n in report.nodes if n.timed}
-    assert sorted(timed.values()) == ["linear", "sdpa"]
-    assert sorted(timings.asked) == [("linear", "fp32", 10, 32, 96), ("sdpa", 2, 4, 5, 5, 8, 8, 1)]
+    assert sorted(timed.values()) == ["linear+bias", "sdpa"]  # eager's linear adds its bias: timed with it
+    assert sorted(timings.asked) == [("linear", "fp32-bias", 10, 32, 96), ("sdpa", 2, 4, 5, 5, 8, 8, 1)]
     for name, kind in timed.items():
-        assert seconds[name] == pytest.approx(7e-3 if kind == "linear" else 3e-3)
+        assert seconds[name] == pytest.approx(7e-3 if kind == "linear+bias" else 3e-3)
     roofline = node_seconds(report, fake_peaks, batch=2, seq=5)
     assert all(seconds[n] == roofline[n] for n in seconds if n not in timed)
+
+
+class Mlp(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(16, 64), torch.nn.Linear(64, 16, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.gelu(self.up(x))) + x
+
+
+def test_eager_pointwise_ops_and_biased_linears_are_timed_at_their_shapes():
+    """The eager graph's GELU and add are timed as ATen runs them (far below the memory roofline), its biased fp32
+    linear with the bias; the fused (Inductor) estimate keeps the roofline for pointwise ops and the plain GEMM."""
+    from fxopt.cost.kernel_times import MeasuredKernels, op_call
+    from fxopt.cost.roofline import node_seconds
+
+    gm = capture(Mlp(), (torch.randn(4, 16),)).graph_module
+    eager = {n.op: n.timed for n in estimate(gm).nodes if n.timed}
+    assert eager["linear"][0] in ("linear+bias", "linear")  # the up projection (bias) and the down one (none)
+    assert [n.timed[0] for n in estimate(gm).nodes if n.op == "linear"] == ["linear+bias", "linear"]
+    assert eager["gelu"][0] == eager["add"][0] == "op"
+    fused = {n.op: n.timed for n in estimate(gm, fused=True).nodes if n.timed}
+    assert set(fused) == {"linear"} and all(t[0] == "linear" for t in fused.values())
+
+    key, call = op_call(*eager["gelu"][1:], dims={B: 3})
+    assert key == "op,aten.gelu.default,[float32[3, 64]],[]" and call().shape == (3, 64)
+    seconds = node_seconds(estimate(gm), MachinePeaks(1e9, 1e9, 1e9, 1e12), MeasuredKernels(FakeTimings()), batch=3)
+    gelu = next(n.name for n in estimate(gm).nodes if n.op == "gelu")
+    assert seconds[gelu] == pytest.approx(5e-3)
 
 
 def test_a_bf16_attention_is_timed_in_bf16():

@@ -20,6 +20,11 @@ cache (``~/.cache/fxopt/gemm-<machine>.json``; :class:`fxopt.gemm_backends.GemmT
   :func:`fxopt.gemm_backends.measure_attention`, in the attention's own dtype (fp32, or bf16 where
   ``cast-attention-bf16`` ran).
 
+* ``("linear+bias", rows, in, out)`` — an fp32 linear with a bias in the eager graph: ATen's ``linear`` with
+  the bias (kernel ``fp32-bias``), which copies the bias into the output first;
+* ``("op", target, args, kwargs)`` — a pointwise, normalization or reduction op of the eager graph: ATen's op on
+  random tensors of its shapes (:func:`op_call`), one timing per op and shapes.
+
 Every other node keeps its roofline time.
 
     kernels = MeasuredKernels()
@@ -28,6 +33,7 @@ Every other node keeps its roofline time.
 """
 from __future__ import annotations
 
+import sympy
 import torch
 
 from fxopt import gemm_backends
@@ -53,6 +59,10 @@ class MeasuredKernels:
         if kind == "sdpa":
             return (self.timings.get_attention(*shape, dtype=ATTENTION_DTYPES[dtype]) / 1e3
                     if dtype in ATTENTION_DTYPES else None)
+        if kind == "linear+bias":
+            kind, dtype = ("linear", dtype) if dtype != "float32" else (kind, dtype)
+            if kind == "linear+bias":
+                return self.timings.get_kernel("fp32-bias", *shape) / 1e3
         kernel = KERNEL_OF_DTYPE.get(dtype)
         if kind != "linear" or kernel is None:
             return None
@@ -66,5 +76,53 @@ class MeasuredKernels:
                 kernel = "bf16-packed"
         return self.timings.get_kernel(kernel, *shape) / 1e3
 
+    def op_seconds(self, target, args: tuple, kwargs: tuple, dims: dict) -> float | None:
+        """The measured time of ``target`` on random tensors of ``args``' shapes at ``dims`` (sympy symbol → size);
+        None where an argument cannot be made."""
+        call = op_call(target, args, kwargs, dims)
+        if call is None:
+            return None
+        key, fn = call
+        return self.timings.get_op(key, fn) / 1e3
+
     def save(self) -> None:
         self.timings.save()
+
+
+def op_call(target, args: tuple, kwargs: tuple, dims: dict):
+    """``(cache key, a call of target on random inputs)`` for an op whose tensor arguments are
+    :class:`fxopt.cost.rules.TensorSpec` of sizes over ``dims`` (``kwargs`` as (name, value) pairs); None when a size
+    stays symbolic."""
+    from fxopt.cost.rules import TensorSpec
+
+    class Unsized(Exception):
+        pass
+
+    def real(a):
+        if isinstance(a, TensorSpec):
+            shape = [sympy.sympify(d).subs(dims) for d in a.shape]
+            if any(getattr(d, "free_symbols", None) for d in shape):
+                raise Unsized
+            shape = [int(d) for d in shape]
+            if a.dtype.is_floating_point:
+                return torch.randn(shape, dtype=a.dtype)
+            if a.dtype == torch.bool:
+                return torch.rand(shape) > 0.5
+            return torch.zeros(shape, dtype=a.dtype)
+        if isinstance(a, tuple):
+            return [real(x) for x in a]
+        return a
+
+    def described(a):
+        if isinstance(a, torch.Tensor):
+            return f"{str(a.dtype).removeprefix('torch.')}{list(a.shape)}"
+        if isinstance(a, (list, tuple)):
+            return "[" + ",".join(described(x) for x in a) + "]"
+        return repr(a)
+
+    try:
+        real_args, real_kwargs = real(args), {k: real(v) for k, v in kwargs}
+    except Unsized:
+        return None
+    key = f"op,{target},{described(real_args)},{described(sorted(real_kwargs.items()))}"
+    return key, lambda: target(*real_args, **real_kwargs)

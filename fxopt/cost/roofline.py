@@ -95,12 +95,17 @@ def peak_for(dtype: str, peaks: MachinePeaks) -> float:
 
 def node_seconds(report: CostReport, peaks: MachinePeaks, kernels=None, **dims: int) -> dict[str, float]:
     """Roofline time of every node at the given sizes; with ``kernels``
-    (:class:`fxopt.cost.kernel_times.MeasuredKernels`), a GEMM or an attention takes its measured time instead."""
+    (:class:`fxopt.cost.kernel_times.MeasuredKernels`), a node marked as timed (a GEMM, an attention, an eager
+    pointwise op) takes its measured time instead."""
     subs = {dim_symbol(k): v for k, v in dims.items()}
     out = {}
     for n in report.nodes:
         if kernels is not None and n.timed is not None:
-            measured = kernels.seconds(n.timed[0], n.dtype, *(int(sympy.sympify(e).subs(subs)) for e in n.timed[1:]))
+            if n.timed[0] == "op":
+                measured = kernels.op_seconds(*n.timed[1:], dims=subs)
+            else:
+                measured = kernels.seconds(n.timed[0], n.dtype,
+                                           *(int(sympy.sympify(e).subs(subs)) for e in n.timed[1:]))
             if measured is not None:
                 out[n.name] = measured
                 continue

@@ -24,8 +24,16 @@ class OpCost:
     is_view: bool = False  # no data moves (views, shape queries)
     unread_inputs: tuple[int, ...] = ()  # tensor inputs the kernel does not read (passed for metadata only)
     # what fxopt.cost.kernel_times can time at its shape: ("linear", rows, in, out) for a linear-class GEMM,
-    # ("sdpa", batch, heads, queries, keys, head dim, value dim, masked) for attention
+    # ("sdpa", batch, heads, queries, keys, head dim, value dim, masked) for attention; estimate() adds
+    # ("linear+bias", rows, in, out) and ("op", target, args, kwargs) for the eager graph
     timed: tuple | None = None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor argument of a timed op: its (symbolic) shape and dtype; the timing makes a random one."""
+    shape: tuple
+    dtype: torch.dtype
 
 
 def numel(shape) -> sympy.Expr:
