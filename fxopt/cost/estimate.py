@@ -6,8 +6,8 @@ between GEMMs fuse, so a value produced and consumed only by such ops never touc
 
 Eager (``fused=False``) also marks what :mod:`fxopt.cost.kernel_times` should time at its shape rather than
 bound by the roofline: each pointwise, normalization and reduction op (timed alone, ATen's kernels ran MiniLM's
-GELUs, LayerNorms and adds at 4.3 ms where the memory roofline gave 2.8, Intel Xeon host) and each fp32 linear with a bias
-(ATen's ``addmm`` copies the bias into the output before the product).
+GELUs, LayerNorms and adds at 4.3 ms where the memory roofline gave 2.8, Intel Xeon host) and each fp32 linear
+with a bias (ATen's ``addmm`` copies the bias into the output before the product).
 """
 from __future__ import annotations
 
@@ -186,9 +186,9 @@ class _Untimable(Exception):
 def _eager_timed(node: torch.fx.Node, name: str, timed: tuple | None, symbols) -> tuple | None:
     """What an eager run of ``node`` should be timed as (see the module docstring), else ``timed`` as it was."""
     if timed is not None:
-        has_bias = name == "linear" and len(node.args) > 2 and node.args[2] is not None
-        fp32 = node.args[0].meta["val"].dtype == torch.float32 if has_bias else False
-        return ("linear+bias", *timed[1:]) if has_bias and fp32 and timed[0] == "linear" else timed
+        biased_fp32 = (timed[0] == "linear" and name == "linear" and len(node.args) > 2 and node.args[2] is not None
+                       and node.args[0].meta["val"].dtype == torch.float32)
+        return ("linear+bias", *timed[1:]) if biased_fp32 else timed
     if name not in EAGER_TIMED_OPS or not isinstance(node.target, torch._ops.OpOverload):
         return None
 

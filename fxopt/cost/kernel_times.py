@@ -60,9 +60,9 @@ class MeasuredKernels:
             return (self.timings.get_attention(*shape, dtype=ATTENTION_DTYPES[dtype]) / 1e3
                     if dtype in ATTENTION_DTYPES else None)
         if kind == "linear+bias":
-            kind, dtype = ("linear", dtype) if dtype != "float32" else (kind, dtype)
-            if kind == "linear+bias":
+            if dtype == "float32":
                 return self.timings.get_kernel("fp32-bias", *shape) / 1e3
+            kind = "linear"
         kernel = KERNEL_OF_DTYPE.get(dtype)
         if kind != "linear" or kernel is None:
             return None
