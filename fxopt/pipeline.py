@@ -31,8 +31,8 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "fuse-rms-norm",                   # decomposed RMSNorm → aten.rms_norm (after: a LayerNorm contains one)
     "fuse-attention",                  # softmax(QKᵀ·scale + mask)·V → scaled_dot_product_attention
     "single-query-attention",          # ... but one query (a decode step): fxopt's kernel on the K/V heads
-    "grouped-query-attention",         # ... else K/V heads read in place for their query heads (no repeat)
     "fuse-sibling-linears",            # q/k/v and gate/up projections → one linear + split
+    "grouped-query-attention",         # attention reads each K/V head in place for its query heads (no repeat)
     "select-gemm-backend",             # each linear on the GEMM library measured fastest here (oneDNN or MKL)
     "pack-linears-bf16",               # bf16 linears on oneDNN's packed weight, bias and GELU in its epilogue
 )

@@ -9,7 +9,8 @@ times over, in kernels Inductor ran on one thread (their outer loop is the batch
 attention maps query head ``h`` to K/V head ``h // group``, which is the head ``repeat_kv`` put there. The result
 is bit-identical (checked by this pass's test on SmolLM2's shapes).
 
-Decode steps (one query) are ``single-query-attention``'s; this pass runs after it and takes the rest.
+Decode steps (one query) are ``single-query-attention``'s; this pass runs after it and takes the rest. It also runs
+after ``prune-attention-heads``, which prunes query heads with their K/V heads through ``repeat_kv``.
 
 Before::
 
@@ -36,7 +37,8 @@ from fxopt.rewriter import Rewriter
 aten = torch.ops.aten
 
 
-@graph_pass("grouped-query-attention", after=("fuse-attention", "single-query-attention"),
+@graph_pass("grouped-query-attention",
+            after=("fuse-attention", "single-query-attention", "prune-attention-heads", "fuse-sibling-linears"),
             before=("cast-attention-bf16",))
 def grouped_query_attention(gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
     """SDPA on ``repeat_kv(k)``, ``repeat_kv(v)`` → SDPA on ``k``, ``v`` with ``enable_gqa=True``."""
