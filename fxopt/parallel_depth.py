@@ -17,7 +17,7 @@ a graph cached for one example is not served for another. ``FXOPT_PARALLEL_DEPTH
 choice.
 
 Measured on the Intel Xeon host (2 threads, SmolLM2 ``quantize="bf16"``, 1 × 256, same process, interleaved with
-eager): 78.4 → 74.9 ms, outputs bit-identical (BENCHMARKS.md, "Update, 2026-11-29, late").
+eager): 78.4 → 74.9 ms, outputs bit-identical (BENCHMARKS.md, "Update, 2026-11-29, night").
 """
 from __future__ import annotations
 
