@@ -83,6 +83,12 @@ class MLP(torch.nn.Module):
         return self.head(self.down(self.act(self.up(x))))
 
 
+def repeat_kv(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Hugging Face's grouped-query repeat (modeling_llama.repeat_kv): each K/V head copied for its query heads."""
+    b, h, s, d = x.shape
+    return x[:, :, None, :, :].expand(b, h, group, s, d).reshape(b, h * group, s, d)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 

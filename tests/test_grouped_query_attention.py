@@ -7,14 +7,10 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 import fxopt
+from conftest import repeat_kv
 from fxopt.testing import check_pass
 
 pytestmark = pytest.mark.usefixtures("python_wrapper")  # one test reads the code it generates
-
-
-def repeat_kv(x, group):  # Hugging Face's grouped-query repeat (modeling_llama.repeat_kv)
-    b, h, s, d = x.shape
-    return x[:, :, None, :, :].expand(b, h, group, s, d).reshape(b, h * group, s, d)
 
 
 def gqa_prefill(q, keys, values, mask):

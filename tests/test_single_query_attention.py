@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fxopt
+from conftest import repeat_kv
 from fxopt import native_kernels
 from fxopt.passes.single_query_attention import SingleQueryOptions
 from fxopt.testing import check_pass
@@ -12,11 +13,6 @@ pytestmark = pytest.mark.usefixtures("python_wrapper")  # they read the code it 
 
 needs_native = pytest.mark.skipif(not native_kernels.available(),
                                   reason=f"no native build: {native_kernels.why_unavailable()}")
-
-
-def repeat_kv(x, group):  # Hugging Face's grouped-query repeat (modeling_llama.repeat_kv)
-    b, h, s, d = x.shape
-    return x[:, :, None, :, :].expand(b, h, group, s, d).reshape(b, h * group, s, d)
 
 
 def gqa_step(q, keys, values, mask):
