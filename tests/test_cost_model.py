@@ -209,7 +209,8 @@ def test_a_bf16_attention_is_timed_in_bf16():
 
 def test_kernels_are_timed_in_turns_and_cached(tmp_path, monkeypatch):
     """Each shape is timed in fp32 and uint8 (oneDNN's int8 linear) in turns; bf16 is kept as its ratio to an fp32
-    timing taken with it; an attention shape once per dtype; all of it lands in the GEMM timings file."""
+    timing taken with it; an attention shape in fp32, and bf16 as its ratio to fp32 in turns; all of it lands in
+    the GEMM timings file, marked with the timing version (an entry of another version is measured again)."""
     from fxopt import gemm_backends, onednn_int8
 
     if not (gemm_backends.available() and onednn_int8.available()):
@@ -217,14 +218,18 @@ def test_kernels_are_timed_in_turns_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     timings = gemm_backends.GemmTimings(reps=2)
     assert timings.get_kernel("uint8", 16, 64, 32) > 0
-    assert set(timings.table["kernel,16,64,32"]) == {"fp32", "uint8"}
+    assert set(timings.table["kernel,16,64,32"]) == {"fp32", "uint8", "version"}
     assert timings.get_kernel("bf16", 16, 64, 32) > 0 and "bf16/fp32" in timings.table["kernel,16,64,32"]
     assert timings.get_attention(1, 2, 4, 4, 8, 8, 1) > 0
     assert timings.get_attention(1, 2, 4, 4, 8, 8, 1, dtype=torch.bfloat16) > 0
-    assert {"sdpa,1,2,4,4,8,8,1", "sdpa-bfloat16,1,2,4,4,8,8,1"} <= set(timings.table)  # fp32's key as it was
+    assert set(timings.table["sdpa,1,2,4,4,8,8,1"]) == {"float32", "bfloat16/float32", "version"}
     timings.save()
     again = gemm_backends.GemmTimings()
     assert again.get_kernel("uint8", 16, 64, 32) == timings.get_kernel("uint8", 16, 64, 32) and again.measured == 0
+    assert again.get_attention(1, 2, 4, 4, 8, 8, 1, dtype=torch.bfloat16) > 0 and again.measured == 0
+    again.table["kernel,16,64,32"]["version"] = gemm_backends.TIMING_VERSION - 1  # cached by an older fxopt
+    again.get_kernel("uint8", 16, 64, 32)
+    assert again.measured == 1 and again.table["kernel,16,64,32"]["version"] == gemm_backends.TIMING_VERSION
     with pytest.raises(ValueError, match="unknown GEMM kernel 'fp8'"):
         gemm_backends.measure_kernels(("fp8",), 4, 4, 4)
 
