@@ -20,16 +20,16 @@ cache (``~/.cache/fxopt/gemm-<machine>.json``; :class:`fxopt.gemm_backends.GemmT
   :func:`fxopt.gemm_backends.measure_attention`, in the attention's own dtype (fp32, or bf16 where
   ``cast-attention-bf16`` ran; bf16 timed in turns with fp32 and kept as its ratio, as for linears).
 
-Each timing is the best median of :data:`fxopt.gemm_backends.KERNEL_DRAWS` draws: one draw caught this machine in
-one spell, and a cache filled in a slow one held MiniLM's bf16 : fp32 linear ratios at 0.26–0.33 where quiet
-draws give 0.15–0.20 (Intel Xeon with AMX).
-
 * ``("linear+bias", rows, in, out)`` — an fp32 linear with a bias in the eager graph: ATen's ``linear`` with
   the bias (kernel ``fp32-bias``), which copies the bias into the output first;
 * ``("op", target, args, kwargs)`` — a pointwise, normalization or reduction op of the eager graph: ATen's op on
   random tensors of its shapes (:func:`op_call`), one timing per op and shapes.
 
 Every other node keeps its roofline time.
+
+Each linear and attention timing is the best median of :data:`fxopt.gemm_backends.KERNEL_DRAWS` draws: one draw
+caught this machine in one spell, and a cache filled in a slow one held MiniLM's bf16 : fp32 linear ratios at
+0.26–0.33 where quiet draws give 0.15–0.20 (Intel Xeon with AMX).
 
     kernels = MeasuredKernels()
     predict_seconds(report, kernels=kernels, batch=8, seq=128)
