@@ -52,13 +52,15 @@ from fxopt.machine import cache_dir, machine_key
 
 #: each op of the ``fxopt`` namespace, and the source of the library that implements it
 KERNELS = {"gemv_int8_grouped": "gemv_int8.cpp", "decode_attention": "decode_attention.cpp",
-           "quantize_rows": "quantize_rows.cpp"}
+           "quantize_rows": "quantize_rows.cpp", "gelu_quantize_rows": "gelu_quantize_rows.cpp"}
 
 torch.library.define("fxopt::gemv_int8_grouped",
                      "(Tensor x, Tensor q, Tensor scales, Tensor? zeros, Tensor? bias) -> Tensor")
 torch.library.define("fxopt::decode_attention",
                      "(Tensor q, Tensor keys, Tensor values, Tensor? mask, float scale) -> Tensor")
 torch.library.define("fxopt::quantize_rows", "(Tensor x) -> (Tensor, Tensor, Tensor)")
+torch.library.define("fxopt::gelu_quantize_rows",
+                     "(Tensor acc, Tensor zero_point, Tensor scale, Tensor colsum, Tensor? bias) -> (Tensor, Tensor, Tensor)")
 
 
 @torch.library.register_fake("fxopt::gemv_int8_grouped")
@@ -74,6 +76,11 @@ def _attention_shape(q, keys, values, mask, scale):
 @torch.library.register_fake("fxopt::quantize_rows")
 def _quantize_rows_shape(x):
     return x.new_empty(x.shape, dtype=torch.uint8), x.new_empty((x.shape[0], 1)), x.new_empty((x.shape[0], 1))
+
+
+@torch.library.register_fake("fxopt::gelu_quantize_rows")
+def _gelu_quantize_rows_shape(acc, zero_point, scale, colsum, bias):
+    return _quantize_rows_shape(acc)
 
 
 _lock = threading.Lock()
@@ -93,9 +100,11 @@ def _source(kernel: str) -> Path:
 
 
 def source_digest(kernel: str | None = None) -> str:
-    """A digest of a kernel's source (of every kernel's, without ``kernel``): a build, or a timing of a kernel, is
-    only valid for it."""
-    return hashlib.sha1(b"".join(_source(k).read_bytes() for k in _kernels(kernel))).hexdigest()[:12]
+    """A digest of a kernel's source and the headers they share (of every kernel's, without ``kernel``): a build,
+    or a timing of a kernel, is only valid for it."""
+    headers = sorted(Path(__file__).with_name("csrc").glob("*.h"))
+    return hashlib.sha1(b"".join(p.read_bytes() for p in [*(_source(k) for k in _kernels(kernel)), *headers])
+                        ).hexdigest()[:12]
 
 
 def library_path(kernel: str) -> Path:

@@ -20,6 +20,7 @@ from fxopt.passes.prune_attention_heads import prune_attention_heads
 from fxopt.passes.prune_mlp_channels import prune_mlp_channels
 from fxopt.passes.factorize_low_rank import factorize_low_rank
 from fxopt.passes.quantize_dynamic_int8 import quantize_dynamic_int8
+from fxopt.passes.fuse_gelu_quantize_rows import fuse_gelu_quantize_rows
 from fxopt.passes.quantize_static_int8 import quantize_static_int8
 from fxopt.passes.smooth_activations import smooth_activations
 from fxopt.passes.quantize_weights_int4 import quantize_weights_int4
@@ -47,6 +48,7 @@ BUILTIN_PASSES = (
     quantize_static_int8,
     cast_linears_bf16,
     cast_attention_bf16,
+    fuse_gelu_quantize_rows,
     quantize_weights_int8,
     quantize_weights_int4,
     select_gemm_backend,
@@ -57,5 +59,5 @@ __all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "canonicalize", "eliminate_
            "fold_constants", "fold_position_tables", "fuse_layer_norm", "fuse_rms_norm", "fuse_attention",
            "single_query_attention", "grouped_query_attention",
            "prune_attention_heads", "prune_mlp_channels", "factorize_low_rank", "fuse_sibling_linears", "smooth_activations", "quantize_dynamic_int8", "quantize_static_int8", "cast_linears_bf16",
-           "cast_attention_bf16",
+           "cast_attention_bf16", "fuse_gelu_quantize_rows",
            "quantize_weights_int8", "quantize_weights_int4", "select_gemm_backend", "pack_linears_bf16"]

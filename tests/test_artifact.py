@@ -180,8 +180,9 @@ def _in_a_new_process(script: str) -> str:
 # -- an int8 model: its artifact calls fxopt's quantizer ------------------------------------------------------------
 @pytest.mark.slow
 def test_int8_artifact_runs_in_a_new_process(tmp_path):
-    """A per-token int8 graph calls ``fxopt::quantize_rows``: the manifest names it, and a new process that loads
-    the artifact builds or loads fxopt's native kernels first and gives the compiled module's outputs."""
+    """A per-token int8 graph calls ``fxopt::quantize_rows`` and, after the GELU, ``fxopt::gelu_quantize_rows``: the
+    manifest names them, and a new process that loads the artifact builds or loads fxopt's native kernels first
+    and gives the compiled module's outputs."""
     from conftest import MLP
 
     torch.manual_seed(0)
@@ -190,7 +191,8 @@ def test_int8_artifact_runs_in_a_new_process(tmp_path):
     path = fxopt.save(compiled, tmp_path / "mlp-int8.fxopt", verbose=False)
     if native_kernels.available():
         manifest = json.loads((path / MANIFEST).read_text())
-        assert manifest["packages"]["forward"]["native_ops"] == ["fxopt.quantize_rows.default"]
+        assert sorted(manifest["packages"]["forward"]["native_ops"]) == ["fxopt.gelu_quantize_rows.default",
+                                                                         "fxopt.quantize_rows.default"]
     torch.save(x, tmp_path / "x.pt")
     _in_a_new_process(f"import torch, fxopt; x = torch.load({str(tmp_path / 'x.pt')!r}); "
                       f"torch.save(fxopt.load({str(path)!r})(x), {str(tmp_path / 'out.pt')!r})")

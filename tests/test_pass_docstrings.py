@@ -24,6 +24,7 @@ from test_compression import GeluMLP, LowRankLinear
 from test_single_query_attention import gqa_step
 from test_prune_attention_heads import MHA
 from test_pack_linears_bf16 import Bf16MLP
+from test_fuse_gelu_quantize_rows import Int8GeluMLP
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 from fuse_gelu_tanh import gelu_tanh_pattern  # noqa: E402 - the examples folder is on the path now
@@ -100,6 +101,8 @@ EXAMPLES = {
     "quantize-weights-int4": ("fxopt.passes.quantize_weights_int4", _linear(), (torch.randn(4, 10, 64),), {"rtol": 0.2}),
     "cast-linears-bf16": ("fxopt.passes.cast_linears_bf16", _linear(), (torch.randn(4, 10, 64),), {"rtol": 2e-2}),
     "cast-attention-bf16": ("fxopt.passes.cast_attention_bf16", _sdpa, _attention_inputs(), {"rtol": 2e-2}),
+    "fuse-gelu-quantize-rows": ("fxopt.passes.fuse_gelu_quantize_rows", Int8GeluMLP(), (torch.randn(4, 10, 64),),
+                                {"rtol": 2e-2}),
     "pack-linears-bf16": ("fxopt.passes.pack_linears_bf16", Bf16MLP(), (torch.randn(8, 32),), {"rtol": 2e-2}),
     "smooth-activations": ("fxopt.passes.smooth_activations", NormThenLinears(), (torch.randn(2, 7, 16),),
                            {"rtol": 1e-4}),
