@@ -1,6 +1,6 @@
 """fxopt's native kernels: C++ built on the machine that runs it, called from Inductor's code as extern ops.
 
-Two parts of a decode step and one of an int8 prefill run far below the machine's speed in Inductor's generated
+Two parts of a decode step and two of an int8 prefill run far below the machine's speed in Inductor's generated
 loops, so fxopt writes them by hand (``csrc/``):
 
 * ``fxopt::gemv_int8_grouped`` (``gemv_int8.cpp``): a linear of a few rows on int8 weights with a scale (and a
@@ -26,6 +26,12 @@ loops, so fxopt writes them by hand (``csrc/``):
   and once to quantize: after a GELU, two ``erf`` per element. As an extern op its input is stored once and each
   row is read twice while in L1. Measured in MiniLM's int8 encoder on an Intel Xeon (AVX-512, 2 threads): the
   GELU-and-quantize work of a layer fell from 5.1 ms to about 2.5 ms (BENCHMARKS.md, 2026-11-29).
+* ``fxopt::gelu_quantize_rows`` (``gelu_quantize_rows.cpp``): between two dynamic int8 linears with a GELU between
+  them, the first one's epilogue (zero point, row scale, bias), the GELU and the second one's per-token
+  quantization, one row at a time with the row in L1 (:mod:`fxopt.passes.fuse_gelu_quantize_rows`): Inductor no
+  longer writes the fp32 GELU for ``quantize_rows`` to read back. It shares the row quantizer
+  (``quantize_row.h``) with ``quantize_rows``; a source's digest covers the headers, so a change to one rebuilds
+  both.
 
 Each kernel is its own library, compiled the first time a graph needs it, once per machine and source, with
 Inductor's own compiler settings (``-march=native``, 15–25 s each here) into

@@ -69,7 +69,8 @@ DATA = {"embedding", "cat", "stack", "clone", "contiguous", "_to_copy", "to", "i
         "fill", "scatter", "index_select", "_unsafe_index", "type_as", "roll", "flip"}
 QUANT = {"quantize_per_tensor": 2, "dequantize_per_tensor": 2, "quantize_per_channel": 2,
          "dequantize_per_channel": 2, "choose_qparams": 3,
-         "quantize_rows": 6}  # fxopt's per-token quantization: min, max, scale, round, shift, clamp
+         "quantize_rows": 6,  # fxopt's per-token quantization: min, max, scale, round, shift, clamp
+         "gelu_quantize_rows": 15}  # ... after an int8 epilogue (sub, mul, mul, add) and a GELU (5)
 
 
 def op_name(target) -> str:
