@@ -82,8 +82,9 @@ def _size_sources(nodes: list[torch.fx.Node], acc: torch.fx.Node) -> dict[torch.
 
 
 def _match(rows: torch.fx.Node):
-    """``(acc, zero_point, scale, colsum, bias, nodes)`` when ``quantize_rows``'s input is a GELU of a dynamic int8
-    linear's epilogue, else None; ``nodes`` are those the fused op replaces."""
+    """``(acc, zero_point, scale, colsum, bias, size_sources)`` when ``quantize_rows``'s input is a GELU of a
+    dynamic int8 linear's epilogue, else None; ``size_sources`` as :func:`_size_sources` gives them for the nodes
+    the fused op replaces."""
     nodes, x = [], rows
     if x.target is aten.view.default:
         nodes.append(x)

@@ -111,9 +111,10 @@ def test_inductor_calls_the_fused_kernel_in_an_int8_mlp():
         assert _rel(fused(batch), unfused(batch)) < 1e-2 and _rel(fused(batch), model(batch)) < 5e-2
 
 
-def test_int8_modes_run_the_pass():
-    """``quantize="int8"`` (and the searched modes) add the pass after the precision passes; ``"bf16"`` does not."""
-    from fxopt.quantize import precision_pipeline  # noqa: F401 - where the pass is added
-    import inspect
-    source = inspect.getsource(precision_pipeline)
-    assert '"fuse-gelu-quantize-rows"' in source
+def test_int8_mode_runs_the_pass_and_bf16_does_not():
+    torch.manual_seed(0)
+    model, x = MLP(act=torch.nn.functional.gelu).eval(), torch.randn(4, 10, 64)
+    int8 = fxopt.compile(model, x, quantize="int8")
+    assert int8.report.pipeline.record("fuse-gelu-quantize-rows").stats["fused"] == 1
+    bf16 = fxopt.compile(model, x, quantize="bf16")
+    assert "fuse-gelu-quantize-rows" not in [r.name for r in bf16.report.pipeline.records]
