@@ -207,6 +207,7 @@ def test_pass_contract_is_validated():
     assert all(p.stage == "portable" and not p.lossy for p in fxopt.passes.BUILTIN_PASSES
                if p.name not in ("select-gemm-backend", "quantize-weights-int8", "quantize-weights-int4",
                                  "quantize-dynamic-int8", "quantize-static-int8", "cast-linears-bf16", "cast-attention-bf16",
+                                 "fuse-gelu-quantize-rows",
                                  "pack-linears-bf16",
                                  "prune-mlp-channels", "prune-attention-heads",
                                  "factorize-low-rank"))
