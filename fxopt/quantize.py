@@ -86,8 +86,8 @@ def precision_pipeline(pipeline: Pipeline, quantize: str, accuracy_budget: Any, 
             added += [_default("cast-attention-bf16")]
         added += [precision_planner(quantize, accuracy_budget, batches, captured.out_spec, input_names)]
         added += [_default(p) for p in PRECISION_PASSES.values() if p not in names]
-        added += [] if quantize == "bf16" or "fuse-gelu-quantize-rows" in names else [
-            _default("fuse-gelu-quantize-rows")]
+        if quantize != "bf16" and "fuse-gelu-quantize-rows" not in names:  # int8 linears may hold a GELU between them
+            added += [_default("fuse-gelu-quantize-rows")]
     return [*pipeline[:at], *added, *pipeline[at:]]
 
 

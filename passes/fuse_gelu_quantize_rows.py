@@ -12,9 +12,9 @@ row of the product once, keeps its GELU in L1 and writes only the codes, scales 
 Runs after the precision passes; only where fxopt's native kernels build (elsewhere the graph is left as it is).
 The match is exact in form: ``quantize_rows(view?(gelu(view?(add?(mul(sub(acc, mul(zero_point, colsum)),
 scale), bias)))))``, where ``acc`` is a ``onednn.qlinear_pointwise``, the GELU is the erf form, and nothing else
-reads the epilogue or the GELU's values (reads of their sizes move to the epilogue's). Lossy at fp32 rounding
-(``tolerance="budget"``): the kernel's ``erf`` is within 5e-7 of ATen's, and a value on a rounding boundary can
-quantize one step away.
+reads the epilogue or the GELU's values (a read of their sizes moves to the product's, or to the size a view in
+the chain was given). Lossy at fp32 rounding (``tolerance="budget"``): the kernel's ``erf`` is within 5e-7 of
+ATen's, and a value on a rounding boundary can quantize one step away.
 
 Before::
 
@@ -137,9 +137,10 @@ def fuse_gelu_quantize_rows(gm: torch.fx.GraphModule, ctx: PassContext) -> PassR
     """dequantize → GELU → per-token quantize, between two dynamic int8 linears → one ``fxopt::gelu_quantize_rows``."""
     rw = Rewriter(gm)
     candidates = list(gm.graph.find_nodes(op="call_function", target=torch.ops.fxopt.quantize_rows.default))
-    if not candidates or not native_kernels.available("gelu_quantize_rows"):
-        if candidates:
-            rw.count(f"left alone (native kernel unavailable: {native_kernels.why_unavailable('gelu_quantize_rows')})")
+    if not candidates:
+        return rw.result()
+    if not native_kernels.available("gelu_quantize_rows"):
+        rw.count(f"left alone (native kernel unavailable: {native_kernels.why_unavailable('gelu_quantize_rows')})")
         return rw.result()
     for quantize in candidates:
         matched = _match(quantize.args[0])

@@ -9,8 +9,8 @@
 // [rows, 1], the input rows' quantization; colsum, bias: fp32 [cols]. Unfused, Inductor's loop reads acc and writes
 // g in fp32, and fxopt::quantize_rows reads g again; here g lives in a row buffer in L1 and only the uint8 codes
 // are written. erf is a rational approximation on [-4, 4] (the one Eigen and XLA use; beyond it erf is ±1 in fp32),
-// within 5e-7 of erf, where ATen's is within 1e-7: the codes can differ from the unfused graph's by one step where
-// a value falls on a rounding boundary.
+// within 5e-7 of erf, where ATen's is within 1e-7 (without AVX-512, and for a row's last cols % 16 values, std::erf):
+// the codes can differ from the unfused graph's by one step where a value falls on a rounding boundary.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>

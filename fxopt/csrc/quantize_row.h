@@ -4,8 +4,8 @@
 //   low = min(min_j x[j], 0)    high = max(max_j x[j], 0)    scale = max((high - low) / 255, 1e-10)
 //   zero_point = round(-low / scale)    q[j] = clamp(round(x[j] · (1 / scale)) + zero_point, 0, 255)
 //
-// The same arithmetic, in the same order, as fxopt.calibration.quantize_per_token (round half to even, IEEE
-// products and quotients), so the codes are bit for bit its. Header-only: each kernel is its own library.
+// The same arithmetic, in the same order, as fxopt.passes.quantize_dynamic_int8.quantize_per_token's aten form
+// (round half to even, IEEE products and quotients), so the codes are bit for bit its. Header-only: each kernel is its own library.
 #pragma once
 
 #include <algorithm>

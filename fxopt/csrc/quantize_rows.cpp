@@ -1,13 +1,9 @@
-// fxopt's per-token activation quantization to uint8, for the int8 linears of quantize-dynamic-int8.
-//
-//   low = min(min_j x[r, j], 0)    high = max(max_j x[r, j], 0)    scale[r] = max((high - low) / 255, 1e-10)
-//   zero_point[r] = round(-low / scale[r])    q[r, j] = clamp(round(x[r, j] · (1 / scale[r])) + zero_point[r], 0, 255)
-//
-// x: fp32 [rows, cols], contiguous (NaN gives unspecified codes, as in the aten form). The same arithmetic, in the
-// same order, as fxopt.calibration.quantize_per_token (round half to even, IEEE products and quotients), so the
-// result is bit for bit its; what differs is the work: one parallel task per block of rows reads each row twice
-// while it is in L1, and as an extern op it makes Inductor store its input once, where Inductor's own fused loop
-// recomputes whatever produced x (a GELU's erf) once for the range and again for the quantization.
+// fxopt's per-token activation quantization to uint8, for the int8 linears of quantize-dynamic-int8: each row of
+// x (fp32 [rows, cols], contiguous; NaN gives unspecified codes, as in the aten form) quantized by
+// fxopt::quantize_row (quantize_row.h, which states the arithmetic), bit for bit the aten form's codes. What differs
+// is the work: one parallel task per block of rows reads each row twice while it is in L1, and as an extern op it
+// makes Inductor store its input once, where Inductor's own fused loop recomputes whatever produced x (a GELU's
+// erf) once for the range and again for the quantization.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
