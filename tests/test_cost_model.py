@@ -192,6 +192,34 @@ def test_eager_pointwise_ops_and_biased_linears_are_timed_at_their_shapes():
     assert seconds[gelu] == pytest.approx(5e-3)
 
 
+class QuantizeRows(torch.nn.Module):
+    def forward(self, x):
+        q, scale, zero = torch.ops.fxopt.quantize_rows(x)
+        return q, scale, zero
+
+
+def test_native_ops_are_timed_at_their_shapes_in_both_graphs():
+    """fxopt's own kernels (here ``fxopt::quantize_rows``) cost what they take at their shape, in the eager and in the
+    fused estimate: their roofline put MiniLM's at a third of what they ran."""
+    from fxopt import native_kernels  # noqa: F401 - defines the fxopt ops
+    from fxopt.cost.kernel_times import MeasuredKernels, op_call
+    from fxopt.cost.roofline import node_seconds
+
+    gm = capture(QuantizeRows(), (torch.randn(4, 16),)).graph_module
+    for fused in (False, True):
+        timed = {n.op: n.timed for n in estimate(gm, fused=fused).nodes if n.timed}
+        assert set(timed) == {"quantize_rows"} and timed["quantize_rows"][0] == "op"
+    report = estimate(gm, fused=True)
+    key, call = op_call(*timed["quantize_rows"][1:], dims={B: 3})
+    assert key == "op,fxopt.quantize_rows.default,[float32[3, 16]],[]"
+    if native_kernels.available("quantize_rows"):
+        assert call()[0].shape == (3, 16)
+    timings = FakeTimings()
+    seconds = node_seconds(report, MachinePeaks(1e9, 1e9, 1e9, 1e12), MeasuredKernels(timings), batch=3)
+    node = next(n.name for n in report.nodes if n.op == "quantize_rows")
+    assert seconds[node] == pytest.approx(5e-3) and timings.asked == [("op", key)]
+
+
 def test_a_bf16_attention_is_timed_in_bf16():
     """After cast-attention-bf16 an attention's Q/K/V are bf16: it costs bf16 attention's measured time, not fp32's;
     a dtype fxopt does not time keeps its roofline."""
