@@ -298,3 +298,16 @@ def test_a_fused_op_never_costs_more_than_its_decomposition(fused, decomposed):
     x = torch.randn(4, 8)
     costs = [estimate(capture(_as_module(f), (x,)).graph_module).at(batch=4) for f in (fused, decomposed)]
     assert costs[0]["flops"] <= costs[1]["flops"] and costs[0]["bytes"] <= costs[1]["bytes"]
+
+
+def test_host_rates_probe_both_precisions_against_the_cached_peaks(tmp_path, monkeypatch):
+    """The bench's "host GEMM rate vs peak" column: fp32 and bf16 rates as fractions of the cached peaks."""
+    from fxopt.cost import host_rates
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache_path().parent.mkdir(parents=True, exist_ok=True)
+    cache_path().write_text(json.dumps({"fp32_flops": 1.0, "bf16_flops": 2.0, "int8_ops": 4.0, "bandwidth": 1.0}))
+    rates = host_rates.probe()
+    assert set(rates) == {"fp32", "bf16"} and all(r > 0 for r in rates.values())
+    assert host_rates.describe({"fp32": 0.941, "bf16": 0.61}) == "fp32 94%, bf16 61%"
+    assert host_rates.describe({}) == "-"

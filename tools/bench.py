@@ -9,7 +9,9 @@ Each configuration runs in its own process (Dynamo caches compiled code per code
 compiled copies of one model class in one process can share a graph compiled under the other's
 settings). Inside that process the candidate is timed *interleaved* with eager on the same inputs:
 warm-up first, then ``reps`` rounds of (eager, candidate), medians of each. Only ratios from one
-process are compared; absolute times across processes are not.
+process are compared; absolute times across processes are not. Around the timing the process probes the host's
+fp32 and bf16 GEMM rates against its cached peaks (:mod:`fxopt.cost.host_rates`, the "host GEMM rate vs peak"
+column): on a shared host the AMX unit slows down in spells, and a row's speed-up with it.
 
 Adding a mode = adding a function to :data:`CONFIGS` that returns a callable with eager's signature.
 """
@@ -32,6 +34,7 @@ import torch
 from tabulate import tabulate
 
 from fxopt import metrics
+from fxopt.cost import host_rates
 from fxopt.pipeline import DEFAULT_PIPELINE
 from fxopt.tools import bench_onnx
 
@@ -206,6 +209,7 @@ class Measurement:
     predicted: float | None = None  # the cost model's predicted speed vs eager (fxopt configurations)
     peak_rss_mb: float = 0.0  # the worker's peak resident memory: model, compilation and the first calls
     runs: list[float] = field(default_factory=list)  # speed vs eager of each process, with --processes N
+    host_rates: dict = field(default_factory=dict)  # fp32/bf16 GEMM rate vs the cached peaks while it ran
 
     @property
     def speedup(self) -> float:
@@ -231,7 +235,9 @@ def combine(runs: list[Measurement]) -> Measurement:
         first.model, first.config, first.shape,
         statistics.median(m.eager_ms for m in runs), statistics.median(m.candidate_ms for m in runs),
         statistics.median(m.compile_s for m in runs), first.accuracy, first.extra, first.predicted,
-        max(m.peak_rss_mb for m in runs), [m.speedup for m in runs])
+        max(m.peak_rss_mb for m in runs), [m.speedup for m in runs],
+        {k: statistics.median(m.host_rates[k] for m in runs) for k in first.host_rates
+         if all(k in m.host_rates for m in runs)})
 
 
 def accuracy(model_name: str, reference, output, inputs) -> dict:
@@ -327,6 +333,7 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build
             call(model, inputs)
             call(candidate, inputs)
         eager_t, cand_t = [], []
+        before = host_rates.probe()
         for _ in range(reps):
             t0 = time.perf_counter()
             call(model, inputs)
@@ -335,6 +342,7 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build
             t2 = time.perf_counter()
             eager_t.append(t1 - t0)
             cand_t.append(t2 - t1)
+        after = host_rates.probe()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     predicted = _predicted(candidate, batch, seq) if getattr(build, "predicts", False) else None
     acc = {**accuracy(model_name, reference, output, inputs)}
@@ -342,7 +350,8 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build
         from fxopt import models
         acc.update(held_out_accuracy(model_name, models.load(model_name), candidate))
     return Measurement(model_name, config, f"{batch}×{seq}", statistics.median(eager_t) * 1e3,
-                       statistics.median(cand_t) * 1e3, compile_s, acc, extra, predicted, peak_mb)
+                       statistics.median(cand_t) * 1e3, compile_s, acc, extra, predicted, peak_mb,
+                       host_rates={k: (before[k] + after[k]) / 2 for k in before})
 
 
 def _predicted(candidate, batch: int, seq: int) -> float | None:
@@ -390,11 +399,13 @@ def run_isolated(model_name: str, config: str, reps: int, *, batch: int | None =
 
 def table(results: list[Measurement]) -> str:
     rows = [[m.model, m.shape, m.config, f"{m.eager_ms:.1f}", f"{m.candidate_ms:.1f}", f"{m.speedup:.2f}×",
-             m.spread, _prediction(m), f"{m.compile_s:.1f}", f"{m.peak_rss_mb:.0f}", format_accuracy(m.accuracy)]
-            if m.accuracy else [m.model, m.shape, m.config, *["-"] * 7, m.extra] for m in results]
+             m.spread, _prediction(m), host_rates.describe(m.host_rates), f"{m.compile_s:.1f}",
+             f"{m.peak_rss_mb:.0f}", format_accuracy(m.accuracy)]
+            if m.accuracy else [m.model, m.shape, m.config, *["-"] * 8, m.extra] for m in results]
     return tabulate(rows, headers=["model", "batch×seq", "configuration", "eager ms", "ms", "speed vs eager",
-                                   "spread over processes", "predicted (error)", "compile s", "peak RSS MB",
-                                   "accuracy vs fp32 (held-out text)"], tablefmt="github")
+                                   "spread over processes", "predicted (error)", "host GEMM rate vs peak",
+                                   "compile s", "peak RSS MB", "accuracy vs fp32 (held-out text)"],
+                    tablefmt="github")
 
 
 def _prediction(m: Measurement) -> str:

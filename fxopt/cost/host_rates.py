@@ -1,0 +1,47 @@
+"""How fast this machine multiplies right now, as a fraction of its cached peaks (:func:`fxopt.cost.machine_peaks`).
+
+A shared host does not keep one speed. On the Intel Xeon host (AMX, 2 threads of a VM) a 1024³ bf16 GEMM ran at
+393–873 GFLOP/s within seconds, against a quiet 1,165, while the same fp32 GEMM stayed at 199–241 of its 256.
+What slows down is the AMX unit, so a compiled bf16 or int8 model loses far more than fp32 eager does, and its
+measured speed-up over eager falls with it (MiniLM ``"bf16"``: 3.0× in such a spell, 3.6–4.2× in quieter ones).
+``fxopt bench`` probes both rates around each row's timing (:func:`probe`) and prints them, so that a row that ran in
+a slow spell says so, and the cost model's prediction (which assumes the quiet rates) can be read against it.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+#: the probe's GEMM size (as :func:`fxopt.cost.roofline.measure_peaks`) and its calls per precision
+SIZE, CALLS = 1024, 8
+
+
+def probe() -> dict[str, float]:
+    """``{"fp32": fraction, "bf16": fraction}``: the median rate of :data:`CALLS` 1024³ GEMMs in each precision,
+    in turns, over this machine's cached peak for it (about 0.1 s on the Intel Xeon host)."""
+    from fxopt.cost import machine_peaks
+
+    peaks = machine_peaks()
+    a = torch.randn(SIZE, SIZE)
+    operands = {"fp32": (a, a.t().contiguous()), "bf16": (a.bfloat16(), a.t().contiguous().bfloat16())}
+    times: dict[str, list[float]] = {name: [] for name in operands}
+    with torch.no_grad():
+        for x, y in operands.values():
+            torch.mm(x, y)  # warm: the first call may pick a kernel
+        for _ in range(CALLS):
+            for name, (x, y) in operands.items():
+                start = time.perf_counter()
+                torch.mm(x, y)
+                times[name].append(time.perf_counter() - start)
+    flops = 2 * SIZE ** 3
+    peak = {"fp32": peaks.fp32_flops, "bf16": peaks.bf16_flops}
+    return {name: flops / statistics.median(ts) / peak[name] for name, ts in times.items()}
+
+
+def describe(rates: dict[str, float] | None) -> str:
+    """``"fp32 94%, bf16 61%"``, or "-" when nothing was probed."""
+    if not rates:
+        return "-"
+    return ", ".join(f"{name} {rate * 100:.0f}%" for name, rate in rates.items())
