@@ -45,3 +45,19 @@ def describe(rates: dict[str, float] | None) -> str:
     if not rates:
         return "-"
     return ", ".join(f"{name} {rate * 100:.0f}%" for name, rate in rates.items())
+
+
+#: below this fraction of its quiet peak a precision's rate counts as a slow spell
+SLOW = 0.8
+
+
+def slow_spell_note(rates: list[dict[str, float]]) -> str:
+    """A line for under a benchmark table when some row ran while a GEMM rate was below :data:`SLOW` of its peak
+    ("" when none did): the speed-ups of bf16 and int8 configurations read low then."""
+    slow = {name: [r[name] for r in rates if name in r] for name in ("fp32", "bf16")}
+    ranges = [f"{name} {min(v) * 100:.0f}–{max(v) * 100:.0f}%" for name, v in slow.items() if v and min(v) < SLOW]
+    if not ranges:
+        return ""
+    return (f"Note: rows ran while this host's GEMM rates were below {SLOW:.0%} of their quiet peaks ("
+            f"{', '.join(ranges)}; the \"host GEMM rate vs peak\" column): on a shared host the AMX unit slows down "
+            "in spells, and the speed-ups of bf16 and int8 configurations read low with it.")
