@@ -59,6 +59,7 @@ def test_bench_measures_fxopt_against_eager_in_one_process():
     assert m.eager_ms > 0 and m.candidate_ms > 0
     assert m.accuracy["min_cosine"] > 0.99999 and m.accuracy["max_rel_err"] < 1e-4
     assert "eliminate-dead-nodes" in m.extra
+    assert set(m.host_rates) == {"fp32", "bf16"} and "host GEMM rate vs peak" in table([m])
     assert "minilm" in table([m]) and "speed vs eager" in table([m])
 
 

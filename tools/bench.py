@@ -10,8 +10,8 @@ compiled copies of one model class in one process can share a graph compiled und
 settings). Inside that process the candidate is timed *interleaved* with eager on the same inputs:
 warm-up first, then ``reps`` rounds of (eager, candidate), medians of each. Only ratios from one
 process are compared; absolute times across processes are not. Around the timing the process probes the host's
-fp32 and bf16 GEMM rates against its cached peaks (:mod:`fxopt.cost.host_rates`, the "host GEMM rate vs peak"
-column): on a shared host the AMX unit slows down in spells, and a row's speed-up with it.
+fp32 and bf16 GEMM rates against its cached peaks once per round (:mod:`fxopt.cost.host_rates`, the "host GEMM rate
+vs peak" column): on a shared host the AMX unit slows down in spells, and a row's speed-up with it.
 
 Adding a mode = adding a function to :data:`CONFIGS` that returns a callable with eager's signature.
 """
@@ -333,7 +333,7 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build
             call(model, inputs)
             call(candidate, inputs)
         eager_t, cand_t = [], []
-        before = host_rates.probe()
+        sampler = host_rates.RateSampler()
         for _ in range(reps):
             t0 = time.perf_counter()
             call(model, inputs)
@@ -342,7 +342,7 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build
             t2 = time.perf_counter()
             eager_t.append(t1 - t0)
             cand_t.append(t2 - t1)
-        after = host_rates.probe()
+            sampler.sample()  # after the round's timings, never inside them
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     predicted = _predicted(candidate, batch, seq) if getattr(build, "predicts", False) else None
     acc = {**accuracy(model_name, reference, output, inputs)}
@@ -351,7 +351,7 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build
         acc.update(held_out_accuracy(model_name, models.load(model_name), candidate))
     return Measurement(model_name, config, f"{batch}×{seq}", statistics.median(eager_t) * 1e3,
                        statistics.median(cand_t) * 1e3, compile_s, acc, extra, predicted, peak_mb,
-                       host_rates={k: (before[k] + after[k]) / 2 for k in before})
+                       host_rates=sampler.rates())
 
 
 def _predicted(candidate, batch: int, seq: int) -> float | None:

@@ -4,8 +4,9 @@ A shared host does not keep one speed. On the Intel Xeon host (AMX, 2 threads of
 393–873 GFLOP/s within seconds, against a quiet 1,165, while the same fp32 GEMM stayed at 199–241 of its 256.
 What slows down is the AMX unit, so a compiled bf16 or int8 model loses far more than fp32 eager does, and its
 measured speed-up over eager falls with it (MiniLM ``"bf16"``: 3.0× in such a spell, 3.6–4.2× in quieter ones).
-``fxopt bench`` probes both rates around each row's timing (:func:`probe`) and prints them, so that a row that ran in
-a slow spell says so, and the cost model's prediction (which assumes the quiet rates) can be read against it.
+``fxopt bench`` samples both rates once per timed round of each row (:class:`RateSampler`) and prints their medians,
+so that a row that ran in a slow spell says so, and the cost model's prediction (which assumes the quiet rates) can
+be read against it.
 """
 from __future__ import annotations
 
@@ -18,26 +19,41 @@ import torch
 SIZE, CALLS = 1024, 8
 
 
-def probe() -> dict[str, float]:
-    """``{"fp32": fraction, "bf16": fraction}``: the median rate of :data:`CALLS` 1024³ GEMMs in each precision,
-    in turns, over this machine's cached peak for it (about 0.1 s on the Intel Xeon host)."""
-    from fxopt.cost import machine_peaks
+class RateSampler:
+    """One 1024³ GEMM per precision per :meth:`sample`, in turns; :meth:`rates` gives each precision's median rate
+    over this machine's cached peak for it. ``fxopt bench`` samples once per timed round, so the rates cover the
+    same seconds as the row's timings (a spell can start and end within a row)."""
 
-    peaks = machine_peaks()
-    a = torch.randn(SIZE, SIZE)
-    operands = {"fp32": (a, a.t().contiguous()), "bf16": (a.bfloat16(), a.t().contiguous().bfloat16())}
-    times: dict[str, list[float]] = {name: [] for name in operands}
-    with torch.no_grad():
-        for x, y in operands.values():
-            torch.mm(x, y)  # warm: the first call may pick a kernel
-        for _ in range(CALLS):
-            for name, (x, y) in operands.items():
+    def __init__(self):
+        a = torch.randn(SIZE, SIZE)
+        self.operands = {"fp32": (a, a.t().contiguous()), "bf16": (a.bfloat16(), a.t().contiguous().bfloat16())}
+        self.times: dict[str, list[float]] = {name: [] for name in self.operands}
+        with torch.no_grad():
+            for x, y in self.operands.values():
+                torch.mm(x, y)  # warm: the first call may pick a kernel
+
+    def sample(self) -> None:
+        with torch.no_grad():
+            for name, (x, y) in self.operands.items():
                 start = time.perf_counter()
                 torch.mm(x, y)
-                times[name].append(time.perf_counter() - start)
-    flops = 2 * SIZE ** 3
-    peak = {"fp32": peaks.fp32_flops, "bf16": peaks.bf16_flops}
-    return {name: flops / statistics.median(ts) / peak[name] for name, ts in times.items()}
+                self.times[name].append(time.perf_counter() - start)
+
+    def rates(self) -> dict[str, float]:
+        """``{"fp32": fraction, "bf16": fraction}`` of the cached peaks; empty before any sample."""
+        from fxopt.cost import machine_peaks
+
+        peaks = machine_peaks()
+        peak = {"fp32": peaks.fp32_flops, "bf16": peaks.bf16_flops}
+        return {name: 2 * SIZE ** 3 / statistics.median(ts) / peak[name] for name, ts in self.times.items() if ts}
+
+
+def probe() -> dict[str, float]:
+    """The rates of :data:`CALLS` samples taken now (about 0.1 s on the Intel Xeon host): see :class:`RateSampler`."""
+    sampler = RateSampler()
+    for _ in range(CALLS):
+        sampler.sample()
+    return sampler.rates()
 
 
 def describe(rates: dict[str, float] | None) -> str:
