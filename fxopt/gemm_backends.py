@@ -331,7 +331,7 @@ class GemmTimings:
     def get_op(self, key: str, call) -> float:
         """Milliseconds of ``call()`` (an op on inputs built for it, :func:`fxopt.cost.kernel_times.op_call`), cached
         under ``key``."""
-        if key not in self.table:  # best of draws, as for kernels: a native op timed in one slow spell ran 2× long
+        if key not in self.table:  # best of draws, as for kernels: one draw of a native op ran 1.6× long
             self.table[key] = _best_of({"op": call}, self.reps, KERNEL_DRAWS)
             self.measured += 1
         return self.table[key]["op"]

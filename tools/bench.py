@@ -9,9 +9,9 @@ Each configuration runs in its own process (Dynamo caches compiled code per code
 compiled copies of one model class in one process can share a graph compiled under the other's
 settings). Inside that process the candidate is timed *interleaved* with eager on the same inputs:
 warm-up first, then ``reps`` rounds of (eager, candidate), medians of each. Only ratios from one
-process are compared; absolute times across processes are not. Around the timing the process probes the host's
-fp32 and bf16 GEMM rates against its cached peaks once per round (:mod:`fxopt.cost.host_rates`, the "host GEMM rate
-vs peak" column): on a shared host the AMX unit slows down in spells, and a row's speed-up with it.
+process are compared; absolute times across processes are not. After each round the process times one fp32 and
+one bf16 GEMM against the host's cached peaks (:mod:`fxopt.cost.host_rates`, the "host GEMM rate vs peak" column):
+on a shared host the AMX unit slows down in spells, and a row's speed-up with it.
 
 Adding a mode = adding a function to :data:`CONFIGS` that returns a callable with eager's signature.
 """
@@ -333,6 +333,8 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build
             call(model, inputs)
             call(candidate, inputs)
         eager_t, cand_t = [], []
+        # the peak before the GEMM probe's operands: the model's, its compilation's and its first calls' memory
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
         sampler = host_rates.RateSampler()
         for _ in range(reps):
             t0 = time.perf_counter()
@@ -343,7 +345,6 @@ def measure(model_name: str, config: str, reps: int = 20, warmup: int = 3, build
             eager_t.append(t1 - t0)
             cand_t.append(t2 - t1)
             sampler.sample()  # after the round's timings, never inside them
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     predicted = _predicted(candidate, batch, seq) if getattr(build, "predicts", False) else None
     acc = {**accuracy(model_name, reference, output, inputs)}
     if source.kind == "bundled":
