@@ -1,4 +1,5 @@
 """The fxopt command: bad arguments give one clear line and a non-zero exit; the bench measures."""
+import json
 import subprocess
 import sys
 
@@ -94,3 +95,23 @@ def test_cache_list_and_clear(tmp_path, monkeypatch, capsys):
     assert main(["cache"]) == 0 and "gemm-abc.json" in capsys.readouterr().out
     assert main(["cache", "clear"]) == 0 and "removed 1 cached" in capsys.readouterr().out
     assert not list((tmp_path / "fxopt").glob("*.json"))
+
+
+def test_host_spells_rejects_bad_arguments_before_any_work(capsys):
+    from fxopt.tools import host_spells
+    with pytest.raises(SystemExit):
+        host_spells.main(["--modes", "int9"])
+    assert "--modes: unknown mode(s) ['int9']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        host_spells.main(["--seconds", "-1"])
+    assert "--seconds: must be at least 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_host_spells_takes_rounds_and_groups_them_by_the_bf16_rate(tmp_path, capsys):
+    """One round at least (``--seconds 0``): each mode's and eager's seconds and both rates, in the JSON and a band."""
+    from fxopt.tools import host_spells
+    assert host_spells.main(["--modes", "bf16", "--seconds", "0", "--json", str(tmp_path / "r.json")]) == 0
+    rounds = json.loads((tmp_path / "r.json").read_text())["rounds"]
+    assert len(rounds) >= 1 and set(rounds[0]) == {"eager", "bf16", "rate_fp32", "rate_bf16"}
+    assert "rounds; bf16" in capsys.readouterr().out

@@ -309,6 +309,11 @@ def test_host_rates_probe_both_precisions_against_the_cached_peaks(tmp_path, mon
     cache_path().write_text(json.dumps({"fp32_flops": 1.0, "bf16_flops": 2.0, "int8_ops": 4.0, "bandwidth": 1.0}))
     rates = host_rates.probe()
     assert set(rates) == {"fp32", "bf16"} and all(r > 0 for r in rates.values())
+    sampler = host_rates.RateSampler()
+    assert sampler.rates() == {}
+    sampler.times = {"fp32": [1.0, 1.0, 2.0], "bf16": [4.0, 1.0, 1.0]}  # seconds per 1024³ GEMM
+    assert sampler.rates() == pytest.approx({"fp32": 2 * 1024 ** 3, "bf16": 1024 ** 3})  # medians over the peaks
+    assert sampler.rates(last=1) == pytest.approx({"fp32": 1024 ** 3, "bf16": 1024 ** 3})
     assert host_rates.describe({"fp32": 0.941, "bf16": 0.61}) == "fp32 94%, bf16 61%"
     assert host_rates.describe({}) == "-"
     assert host_rates.slow_spell_note([{"fp32": 0.95, "bf16": 0.9}]) == ""

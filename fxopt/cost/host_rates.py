@@ -39,13 +39,15 @@ class RateSampler:
                 torch.mm(x, y)
                 self.times[name].append(time.perf_counter() - start)
 
-    def rates(self) -> dict[str, float]:
-        """``{"fp32": fraction, "bf16": fraction}`` of the cached peaks; empty before any sample."""
+    def rates(self, last: int | None = None) -> dict[str, float]:
+        """``{"fp32": fraction, "bf16": fraction}`` of the cached peaks, over every sample or the ``last`` ones;
+        empty before any sample."""
         from fxopt.cost import machine_peaks
 
         peaks = machine_peaks()
         peak = {"fp32": peaks.fp32_flops, "bf16": peaks.bf16_flops}
-        return {name: 2 * SIZE ** 3 / statistics.median(ts) / peak[name] for name, ts in self.times.items() if ts}
+        return {name: 2 * SIZE ** 3 / statistics.median(ts[-last if last else 0:]) / peak[name]
+                for name, ts in self.times.items() if ts}
 
 
 def probe() -> dict[str, float]:
