@@ -409,6 +409,12 @@ def table(results: list[Measurement]) -> str:
                     tablefmt="github")
 
 
+def noted_table(results: list[Measurement]) -> str:
+    """:func:`table`, and under it the note of :func:`fxopt.cost.host_rates.slow_spell_note` where rows ran slow."""
+    note = host_rates.slow_spell_note([m.host_rates for m in results if m.host_rates])
+    return table(results) + (f"\n\n{note}" if note else "")
+
+
 def _prediction(m: Measurement) -> str:
     if m.predicted is None:
         return "-"
@@ -433,8 +439,7 @@ def write_markdown(path: str, results: list[Measurement], command: str) -> None:
             f"timed in that same process, so compare the *speed vs eager* ratios, not absolute times "
             f"across rows. With several processes per configuration (`--processes`), the speed is the "
             f"median of the processes' ratios and the spread their range.\n\n"
-            f"Command:\n\n```\n{command}\n```\n\n{table(results)}\n\n"
-            f"{host_rates.slow_spell_note([m.host_rates for m in results if m.host_rates])}\n\n{passes}\n")
+            f"Command:\n\n```\n{command}\n```\n\n{noted_table(results)}\n\n{passes}\n")
     with open(path, "w") as f:
         f.write(text)
 
@@ -491,8 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[config].append(run_isolated(model_name, config, args.reps, passes=args.passes, **shape))
                 seconds.setdefault(model_name, []).append(time.perf_counter() - start)
         results.extend(combine(runs[c]) if args.processes > 1 else runs[c][0] for c in configs)
-    note = host_rates.slow_spell_note([m.host_rates for m in results if m.host_rates])
-    print(f"{machine_header()}\n\n{table(results)}" + (f"\n\n{note}" if note else ""))
+    print(f"{machine_header()}\n\n{noted_table(results)}")
     command = "fxopt bench " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     if args.write:
         write_markdown(args.write, results, command.strip())
