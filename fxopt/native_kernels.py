@@ -32,6 +32,12 @@ loops, so fxopt writes them by hand (``csrc/``):
   longer writes the fp32 GELU for ``quantize_rows`` to read back. It shares the row quantizer
   (``quantize_row.h``) with ``quantize_rows``; a source's digest covers the headers, so a change to one rebuilds
   both.
+* ``fxopt::prefill_attention`` (``prefill_attention.cpp``): bf16 attention of a prefill or an encoder on AMX tiles
+  (:mod:`fxopt.passes.native_attention`). ATen's CPU flash kernel multiplies each block of queries with a GEMM
+  call whose overhead is most of its time at short sequences and narrow heads; this one packs each K/V head once
+  into the pair layout AMX multiplies, runs both products as tile instructions, keeps a whole row of scores (one
+  softmax pass) and skips the keys a causal block never sees. Only on CPUs with AMX (``amx_bf16``) whose kernel
+  grants the tiles (:func:`amx_bf16`).
 
 Each kernel is its own library, compiled the first time a graph needs it, once per machine and source, with
 Inductor's own compiler settings (``-march=native``, 15–25 s each here) into
@@ -58,7 +64,8 @@ from fxopt.machine import cache_dir, machine_key
 
 #: each op of the ``fxopt`` namespace, and the source of the library that implements it
 KERNELS = {"gemv_int8_grouped": "gemv_int8.cpp", "decode_attention": "decode_attention.cpp",
-           "quantize_rows": "quantize_rows.cpp", "gelu_quantize_rows": "gelu_quantize_rows.cpp"}
+           "quantize_rows": "quantize_rows.cpp", "gelu_quantize_rows": "gelu_quantize_rows.cpp",
+           "prefill_attention": "prefill_attention.cpp"}
 
 torch.library.define("fxopt::gemv_int8_grouped",
                      "(Tensor x, Tensor q, Tensor scales, Tensor? zeros, Tensor? bias) -> Tensor")
@@ -67,6 +74,9 @@ torch.library.define("fxopt::decode_attention",
 torch.library.define("fxopt::quantize_rows", "(Tensor x) -> (Tensor, Tensor, Tensor)")
 torch.library.define("fxopt::gelu_quantize_rows",
                      "(Tensor acc, Tensor zero_point, Tensor scale, Tensor colsum, Tensor? bias) -> (Tensor, Tensor, Tensor)")
+
+torch.library.define("fxopt::prefill_attention",
+                     "(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale, bool is_causal) -> Tensor")
 
 
 @torch.library.register_fake("fxopt::gemv_int8_grouped")
@@ -87,6 +97,12 @@ def _quantize_rows_shape(x):
 @torch.library.register_fake("fxopt::gelu_quantize_rows")
 def _gelu_quantize_rows_shape(acc, zero_point, scale, colsum, bias):
     return _quantize_rows_shape(acc)
+
+
+@torch.library.register_fake("fxopt::prefill_attention")
+def _prefill_attention_shape(q, k, v, mask, scale, is_causal):
+    batch, heads, seq, dim = q.shape  # laid out [batch, seq, heads, dim], as ATen's flash attention lays it out
+    return q.new_empty((batch, seq, heads, dim)).transpose(1, 2)
 
 
 _lock = threading.Lock()
@@ -177,6 +193,8 @@ def unloadable_ops(op_names) -> str | None:
             return f"this fxopt has no native kernel {name!r} (it has {', '.join(KERNELS)})"
         if not load(kernel):
             return why_unavailable(kernel)
+        if kernel == "prefill_attention" and amx_bf16() is not None:
+            return f"fxopt's prefill attention cannot run here: {amx_bf16()}"
     return None
 
 
@@ -194,6 +212,43 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     if not load("decode_attention"):
         raise RuntimeError(f"fxopt's native attention is not available here: {why_unavailable('decode_attention')}")
     return torch.ops.fxopt.decode_attention(q, keys, values, mask, scale)
+
+
+_amx_why: str | None = None  # amx_bf16()'s answer, once per process ("" where the kernel runs)
+
+
+def amx_bf16() -> str | None:
+    """Why ``fxopt::prefill_attention`` cannot run here (None when it can): it needs the CPU's AMX bf16 tiles,
+    the kernel's permission to use them, and its library built; checked once per process on a small call."""
+    global _amx_why
+    if _amx_why is None:
+        from fxopt.machine import isa_features
+
+        if not {"amx_tile", "amx_bf16"} <= set(isa_features()):
+            _amx_why = "this CPU has no AMX bf16 tiles"
+        elif not load("prefill_attention"):
+            _amx_why = f"its library could not be built: {why_unavailable('prefill_attention')}"
+        else:
+            try:
+                q = torch.randn(1, 2, 20, 32).bfloat16()
+                out = torch.ops.fxopt.prefill_attention(q, q[:, :1], q[:, :1], None, 0.2, True)
+                ref = torch.nn.functional.scaled_dot_product_attention(
+                    q.float(), q[:, :1].float().expand(1, 2, 20, 32), q[:, :1].float().expand(1, 2, 20, 32),
+                    is_causal=True, scale=0.2)
+                _amx_why = "" if torch.allclose(out.float(), ref, atol=0.05) else "a probe call gave wrong values"
+            except RuntimeError as e:
+                _amx_why = f"a probe call failed: {str(e).strip().splitlines()[0][:200]}"
+    return _amx_why or None
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                      scale: float | None = None, is_causal: bool = False) -> torch.Tensor:
+    """The op, checking it can run here first (eager use and tests)."""
+    why = amx_bf16()
+    if why is not None:
+        raise RuntimeError(f"fxopt's prefill attention is not available here: {why}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.ops.fxopt.prefill_attention(q, k, v, mask, scale, is_causal)
 
 
 def write_gemv_native(rw, before: torch.fx.Node, x: torch.fx.Node, q: torch.fx.Node, scales: torch.fx.Node,

@@ -35,6 +35,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "grouped-query-attention",         # attention reads each K/V head in place for its query heads (no repeat)
     "select-gemm-backend",             # each linear on the GEMM library measured fastest here (oneDNN or MKL)
     "pack-linears-bf16",               # bf16 linears on oneDNN's packed weight, bias and GELU in its epilogue
+    "native-attention",                # bf16 attention on fxopt's AMX kernel, where the CPU has AMX
 )
 
 

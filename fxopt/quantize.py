@@ -4,7 +4,8 @@
 * :func:`bind_calibration` — each calibration batch bound and checked like a call of the compiled model, into
   flat graph inputs;
 * :func:`precision_pipeline` — the pipeline with the planner and the precision passes inserted after the fusions
-  (``"bf16"`` and ``"auto"`` also cast attention to bf16, where this machine's bf16 rate beats fp32's);
+  (``"bf16"``, ``"auto"`` and, with fxopt's AMX attention, ``"int8-static"`` also cast attention to bf16:
+  :func:`bf16_attention_pays`);
 * :func:`verify_compiled` — the compiled model scored on the calibration batches with the budget's metric: the
   budget the planner held in simulation must hold for the real kernels too.
 """
@@ -80,15 +81,29 @@ def precision_pipeline(pipeline: Pipeline, quantize: str, accuracy_budget: Any, 
     else:
         input_names = [s.path for s in captured.tensor_slots]
         added = [_default("smooth-activations")] if quantize != "bf16" and "smooth-activations" not in names else []
-        if quantize in ("bf16", "auto") and "cast-attention-bf16" not in names and machine_peaks().native_bf16:
-            # only where bf16 is not emulated (there it is slower); before the planner, whose simulations then
-            # include it, so that "auto"'s plan holds the budget with it
+        if "cast-attention-bf16" not in names and bf16_attention_pays(quantize):
+            # before the planner, whose simulations then include it, so that the plan holds the budget with it
             added += [_default("cast-attention-bf16")]
         added += [precision_planner(quantize, accuracy_budget, batches, captured.out_spec, input_names)]
         added += [_default(p) for p in PRECISION_PASSES.values() if p not in names]
         if quantize != "bf16" and "fuse-gelu-quantize-rows" not in names:  # int8 linears may hold a GELU between them
             added += [_default("fuse-gelu-quantize-rows")]
     return [*pipeline[:at], *added, *pipeline[at:]]
+
+
+def bf16_attention_pays(quantize: str) -> bool:
+    """Whether ``quantize`` runs attention on bf16 Q/K/V here. ``"bf16"`` and ``"auto"`` do where bf16 is not
+    emulated (there it is slower than fp32). ``"int8-static"`` does where fxopt's AMX attention kernel runs
+    (:func:`fxopt.native_kernels.amx_bf16`): its planner simulates every plan with it and holds the budget, and on
+    MiniLM it took the int8-static call from 49.8 to 40.0 ms (BENCHMARKS.md); ATen's bf16 flash kernel alone gained
+    or lost with the host's spell. ``"int8"`` puts every linear in int8 without a search, so nothing would move a
+    linear up if bf16 attention cost the last of its budget (SmolLM2's sits at +1.99% of +2%): it keeps fp32."""
+    if quantize in ("bf16", "auto"):
+        return machine_peaks().native_bf16
+    if quantize == "int8-static":
+        from fxopt import native_kernels
+        return machine_peaks().native_bf16 and native_kernels.amx_bf16() is None
+    return False
 
 
 def _default(name: str) -> tuple[GraphPass, Any]:

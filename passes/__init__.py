@@ -27,6 +27,7 @@ from fxopt.passes.quantize_weights_int4 import quantize_weights_int4
 from fxopt.passes.quantize_weights_int8 import quantize_weights_int8
 from fxopt.passes.select_gemm_backend import select_gemm_backend
 from fxopt.passes.pack_linears_bf16 import pack_linears_bf16
+from fxopt.passes.native_attention import native_attention
 
 BUILTIN_PASSES = (
     eliminate_dead_nodes,
@@ -53,6 +54,7 @@ BUILTIN_PASSES = (
     quantize_weights_int4,
     select_gemm_backend,
     pack_linears_bf16,
+    native_attention,
 )
 
 __all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "canonicalize", "eliminate_common_subexpressions",
@@ -60,4 +62,5 @@ __all__ = ["BUILTIN_PASSES", "eliminate_dead_nodes", "canonicalize", "eliminate_
            "single_query_attention", "grouped_query_attention",
            "prune_attention_heads", "prune_mlp_channels", "factorize_low_rank", "fuse_sibling_linears", "smooth_activations", "quantize_dynamic_int8", "quantize_static_int8", "cast_linears_bf16",
            "cast_attention_bf16", "fuse_gelu_quantize_rows",
-           "quantize_weights_int8", "quantize_weights_int4", "select_gemm_backend", "pack_linears_bf16"]
+           "quantize_weights_int8", "quantize_weights_int4", "select_gemm_backend", "pack_linears_bf16",
+           "native_attention"]

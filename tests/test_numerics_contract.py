@@ -208,6 +208,6 @@ def test_pass_contract_is_validated():
                if p.name not in ("select-gemm-backend", "quantize-weights-int8", "quantize-weights-int4",
                                  "quantize-dynamic-int8", "quantize-static-int8", "cast-linears-bf16", "cast-attention-bf16",
                                  "fuse-gelu-quantize-rows",
-                                 "pack-linears-bf16",
+                                 "pack-linears-bf16", "native-attention",
                                  "prune-mlp-channels", "prune-attention-heads",
                                  "factorize-low-rank"))

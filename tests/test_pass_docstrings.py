@@ -12,7 +12,7 @@ import torch
 
 import fxopt
 
-from fxopt import gemm_backends
+from fxopt import gemm_backends, native_kernels
 from fxopt.passes.select_gemm_backend import GemmOptions
 from fxopt.testing import _BLOCK_HEAD, FileCheckError, check_docstring, check_pass, graph_change
 from test_fold_constants import ScaledLinear
@@ -69,6 +69,15 @@ def _sdpa(q, k, v, mask):
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5)
 
 
+def _bf16_sdpa(q, k, v, mask):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.18)
+
+
+def _bf16_attention_inputs():
+    q, k, v = (torch.randn(2, 2, 48, 32).bfloat16() for _ in range(3))
+    return (q, k, v, torch.ones(2, 1, 1, 48, dtype=torch.bool))
+
+
 def _attention_inputs():
     q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
     return (q, k, v, torch.zeros(2, 1, 6, 6))
@@ -104,6 +113,7 @@ EXAMPLES = {
     "fuse-gelu-quantize-rows": ("fxopt.passes.fuse_gelu_quantize_rows", Int8GeluMLP(), (torch.randn(4, 10, 64),),
                                 {"rtol": 2e-2}),
     "pack-linears-bf16": ("fxopt.passes.pack_linears_bf16", Bf16MLP(), (torch.randn(8, 32),), {"rtol": 2e-2}),
+    "native-attention": ("fxopt.passes.native_attention", _bf16_sdpa, _bf16_attention_inputs(), {"rtol": 2e-2}),
     "smooth-activations": ("fxopt.passes.smooth_activations", NormThenLinears(), (torch.randn(2, 7, 16),),
                            {"rtol": 1e-4}),
     "prune-attention-heads": ("fxopt.passes.prune_attention_heads", MHA(), (torch.randn(4, 16, 32),),
@@ -148,6 +158,8 @@ def test_docstring_shows_what_the_pass_does(name, request, tmp_path, monkeypatch
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     if name == "select-gemm-backend" and not gemm_backends.available():
         pytest.skip("this torch build lacks MKL or oneDNN")
+    if name == "native-attention" and native_kernels.amx_bf16() is not None:
+        pytest.skip(f"fxopt's prefill attention cannot run here: {native_kernels.amx_bf16()}")
     module_name, model, inputs, kwargs = EXAMPLES[name]
     module = importlib.import_module(module_name)
     torch.manual_seed(0)
