@@ -4,7 +4,7 @@
 * :func:`bind_calibration` — each calibration batch bound and checked like a call of the compiled model, into
   flat graph inputs;
 * :func:`precision_pipeline` — the pipeline with the planner and the precision passes inserted after the fusions
-  (``"bf16"``, ``"auto"`` and, with fxopt's AMX attention, ``"int8-static"`` also cast attention to bf16:
+  (``"bf16"`` and ``"auto"`` also cast attention to bf16, where this machine's bf16 rate beats fp32's:
   :func:`bf16_attention_pays`);
 * :func:`verify_compiled` — the compiled model scored on the calibration batches with the budget's metric: the
   budget the planner held in simulation must hold for the real kernels too.
@@ -92,18 +92,12 @@ def precision_pipeline(pipeline: Pipeline, quantize: str, accuracy_budget: Any, 
 
 
 def bf16_attention_pays(quantize: str) -> bool:
-    """Whether ``quantize`` runs attention on bf16 Q/K/V here. ``"bf16"`` and ``"auto"`` do where bf16 is not
-    emulated (there it is slower than fp32). ``"int8-static"`` does where fxopt's AMX attention kernel runs
-    (:func:`fxopt.native_kernels.amx_bf16`): its planner simulates every plan with it and holds the budget, and on
-    MiniLM it took the int8-static call from 49.8 to 40.0 ms (BENCHMARKS.md); ATen's bf16 flash kernel alone gained
-    or lost with the host's spell. ``"int8"`` puts every linear in int8 without a search, so nothing would move a
-    linear up if bf16 attention cost the last of its budget (SmolLM2's sits at +1.99% of +2%): it keeps fp32."""
-    if quantize in ("bf16", "auto"):
-        return machine_peaks().native_bf16
-    if quantize == "int8-static":
-        from fxopt import native_kernels
-        return machine_peaks().native_bf16 and native_kernels.amx_bf16() is None
-    return False
+    """Whether ``quantize`` runs attention on bf16 Q/K/V here: ``"bf16"`` and ``"auto"`` do where bf16 is not
+    emulated (there it is slower than fp32). The int8 modes keep fp32 attention. With fxopt's AMX attention kernel,
+    bf16 attention took MiniLM's ``"int8-static"`` call from 49.8 to 40.0 ms (one process, a slow AMX spell), but on
+    SmolLM2 the plan searched with it held +2% perplexity on the calibration text and measured +2.51% on held-out
+    text, where the plan with fp32 attention measures +1.52% (BENCHMARKS.md, "Update, 2026-11-29, late night")."""
+    return quantize in ("bf16", "auto") and machine_peaks().native_bf16
 
 
 def _default(name: str) -> tuple[GraphPass, Any]:

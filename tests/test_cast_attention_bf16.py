@@ -99,23 +99,16 @@ def test_bf16_and_auto_cast_attention_only_where_bf16_is_native(native, mode, mo
     assert _rel(compiled(x), model(x)) < 2e-2
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_int8_static_casts_attention_only_with_fxopts_amx_kernel_and_int8_never(amx, monkeypatch):
-    """ATen's bf16 flash kernel gained or lost with the host's spell in the int8 modes; fxopt's AMX kernel makes bf16
-    attention pay. ``"int8-static"``'s planner simulates with it; ``"int8"`` has no search to hold the budget."""
-    from fxopt import native_kernels
+
+def test_the_int8_modes_keep_fp32_attention(monkeypatch):
+    """bf16 attention made MiniLM's int8-static faster but SmolLM2's int8-static plan miss its budget on held-out
+    text (+2.51% perplexity against +1.52% with fp32 attention)."""
     peaks = fxopt.quantize.machine_peaks()
     monkeypatch.setattr(fxopt.quantize, "machine_peaks",
                         lambda: dataclasses.replace(peaks, bf16_flops=2 * peaks.fp32_flops))
-    monkeypatch.setattr(native_kernels, "amx_bf16", lambda: None if amx else "this CPU has no AMX bf16 tiles")
-    assert fxopt.quantize.bf16_attention_pays("int8-static") == amx
-    assert not fxopt.quantize.bf16_attention_pays("int8")
     assert fxopt.quantize.bf16_attention_pays("bf16") and fxopt.quantize.bf16_attention_pays("auto")
+    assert not fxopt.quantize.bf16_attention_pays("int8") and not fxopt.quantize.bf16_attention_pays("int8-static")
     torch.manual_seed(0)
     model, x = SelfAttention().eval(), torch.randn(2, 16, 64)
     compiled = fxopt.compile(model, x, quantize="int8-static", calibration=[torch.randn(2, 16, 64)])
-    names = [r.name for r in compiled.report.pipeline.records]
-    assert ("cast-attention-bf16" in names) == amx
-    if amx:
-        assert names.index("cast-attention-bf16") < names.index("plan-precision")
-    assert _rel(compiled(x), model(x)) < 0.1
+    assert "cast-attention-bf16" not in [r.name for r in compiled.report.pipeline.records]
