@@ -50,7 +50,8 @@ def _why_not(q, k, v, mask, dropout, enable_gqa) -> str | None:
         return "dropout"
     if not isinstance(q_val.shape[-1], int) or q_val.shape[-1] % 32:
         return "head size not a multiple of 32"
-    if q_val.shape[2] == 1:
+    # a decode step (single-query-attention's); a dynamic length that is 1 at run time is correct here, only slower
+    if isinstance(q_val.shape[2], int) and q_val.shape[2] == 1:
         return "one query"
     if q_val.shape[1] != k_val.shape[1] and not enable_gqa:
         return "heads differ without enable_gqa"
