@@ -154,7 +154,8 @@ def test_each_graph_is_lowered_once(tiny, lowerings):
         assert torch.equal(compiled.generate(input_ids=ids, max_new_tokens=8, do_sample=False),
                            tiny.generate(input_ids=ids, max_new_tokens=8, do_sample=False))
     assert len(calls) == 3  # + prefill + decode, whatever the prompt length or batch
-    assert compiled.generator.graphs.prefill.report.stages["target"] == ["select-gemm-backend", "pack-linears-bf16"]
+    assert compiled.generator.graphs.prefill.report.stages["target"] == ["select-gemm-backend", "pack-linears-bf16",
+                                                                          "native-attention"]
 
 
 def test_compile_generator_lowers_the_prefill_and_decode_graphs_only(tiny, lowerings):
