@@ -1,7 +1,7 @@
 """native-attention: fxopt's AMX attention kernel against fp32 and ATen's bf16 flash kernel (heads read in place from a
 fused q/k/v linear, grouped K/V heads, causal blocks, boolean and additive masks, a partial last block of queries, a
 fully masked row), the pass's rewrite and what it leaves alone, and proof from Inductor's generated code that a bf16
-encoder calls the kernel, under both of Inductor's wrappers."""
+self-attention block calls the kernel, under both of Inductor's wrappers."""
 import re
 
 import pytest
@@ -13,6 +13,7 @@ import fxopt
 from conftest import rel_err
 from fxopt import native_kernels
 from fxopt.testing import check_pass, filecheck
+from test_cast_attention_bf16 import SelfAttention
 
 NEG = torch.finfo(torch.float32).min
 needs_amx = pytest.mark.skipif(native_kernels.amx_bf16() is not None,
@@ -126,26 +127,12 @@ def test_without_amx_attention_stays_atens(monkeypatch):
     assert any("no AMX" in note for note in result.diagnostics)
 
 
-class Encoder(torch.nn.Module):
-    """A self-attention block with MiniLM's head size (32), so that ``quantize="bf16"`` runs it in bf16."""
-
-    def __init__(self, width=128, heads=4):
-        super().__init__()
-        self.heads = heads
-        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
-
-    def forward(self, x):
-        b, s, w = x.shape
-        q, k, v = (t.view(b, s, self.heads, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
-        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, w))
-
-
 @needs_amx
 @pytest.mark.parametrize("wrapper", ["python", "cpp"])
-def test_inductor_calls_the_kernel_in_a_bf16_encoder(wrapper, monkeypatch):
+def test_inductor_calls_the_kernel_in_a_bf16_attention_block(wrapper, monkeypatch):
     monkeypatch.setenv("FXOPT_CPP_WRAPPER", "1" if wrapper == "cpp" else "0")
     torch.manual_seed(0)
-    model, x = Encoder().eval(), torch.randn(2, 64, 128)
+    model, x = SelfAttention(width=128, heads=4).eval(), torch.randn(2, 64, 128)  # MiniLM's head size, 32
     compiled, (code, *_) = run_and_get_code(lambda: fxopt.compile(model, x, quantize="bf16"))
     assert "flash_attention" not in code, code
     if wrapper == "cpp":
