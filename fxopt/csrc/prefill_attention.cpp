@@ -63,6 +63,25 @@ inline void configure_tiles() {
   _tile_loadconfig(&c);
 }
 
+// tmm0..tmm(n-1) += A · B[:, 16t : 16t + 16] (t < n <= 4): A (16 rows × 32 bf16) into tmm4 from `a`, each B tile
+// (16 pair rows × 16 columns) from `b` + 16t, rows `a_stride` and `b_stride` bytes apart; tmm5 and tmm6 alternate
+inline void multiply_tiles(const void* a, int64_t a_stride, const uint32_t* b, int64_t b_stride, int64_t n) {
+  _tile_loadd(4, a, a_stride);
+  _tile_loadd(5, b, b_stride);
+  _tile_dpbf16ps(0, 4, 5);
+  if (n > 1) { _tile_loadd(6, b + 16, b_stride); _tile_dpbf16ps(1, 4, 6); }
+  if (n > 2) { _tile_loadd(5, b + 32, b_stride); _tile_dpbf16ps(2, 4, 5); }
+  if (n > 3) { _tile_loadd(6, b + 48, b_stride); _tile_dpbf16ps(3, 4, 6); }
+}
+
+// tmm0..tmm(n-1) (16 × 16 fp32 each) side by side into `out`, rows `stride` bytes apart
+inline void store_tiles(float* out, int64_t stride, int64_t n) {
+  _tile_stored(0, out, stride);
+  if (n > 1) _tile_stored(1, out + 16, stride);
+  if (n > 2) _tile_stored(2, out + 32, stride);
+  if (n > 3) _tile_stored(3, out + 48, stride);
+}
+
 // e^x for x <= 0: 2^f · 2^n with a degree-5 polynomial for 2^f, |f| <= 1/2 (relative error < 3e-6); 0 below -87
 inline __m512 exp_nonpositive(__m512 x) {
   const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
@@ -164,20 +183,9 @@ at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at:
       for (int64_t j0 = 0; j0 < S2e; j0 += 64) {
         const int64_t nv = std::min<int64_t>(4, (S2e - j0) / 16);
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-        for (int64_t dc = 0; dc < D; dc += 32) {
-          _tile_loadd(4, qblk + dc, qstride * 2);
-          const uint32_t* kc = Kp.data() + (dc / 2) * S2 + j0;
-          _tile_loadd(5, kc, S2 * 4);
-          _tile_dpbf16ps(0, 4, 5);
-          if (nv > 1) { _tile_loadd(6, kc + 16, S2 * 4); _tile_dpbf16ps(1, 4, 6); }
-          if (nv > 2) { _tile_loadd(5, kc + 32, S2 * 4); _tile_dpbf16ps(2, 4, 5); }
-          if (nv > 3) { _tile_loadd(6, kc + 48, S2 * 4); _tile_dpbf16ps(3, 4, 6); }
-        }
-        float* sc0 = sbuf.data() + j0;
-        _tile_stored(0, sc0, S2 * 4);
-        if (nv > 1) _tile_stored(1, sc0 + 16, S2 * 4);
-        if (nv > 2) _tile_stored(2, sc0 + 32, S2 * 4);
-        if (nv > 3) _tile_stored(3, sc0 + 48, S2 * 4);
+        for (int64_t dc = 0; dc < D; dc += 32)
+          multiply_tiles(qblk + dc, qstride * 2, Kp.data() + (dc / 2) * S2 + j0, S2 * 4, nv);
+        store_tiles(sbuf.data() + j0, S2 * 4, nv);
       }
       // softmax rows: scale, mask, max, e^(s - max) as bf16, 1 / sum
       for (int64_t r = 0; r < QB; ++r) {
@@ -217,19 +225,9 @@ at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at:
       for (int64_t d0 = 0; d0 < D; d0 += 64) {
         const int64_t nd = std::min<int64_t>(4, (D - d0) / 16);
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-        for (int64_t j0 = 0; j0 < S2e; j0 += 32) {
-          _tile_loadd(4, pbuf.data() + j0, S2 * 2);
-          const uint32_t* vc = Vp.data() + (j0 / 2) * D + d0;
-          _tile_loadd(5, vc, D * 4);
-          _tile_dpbf16ps(0, 4, 5);
-          if (nd > 1) { _tile_loadd(6, vc + 16, D * 4); _tile_dpbf16ps(1, 4, 6); }
-          if (nd > 2) { _tile_loadd(5, vc + 32, D * 4); _tile_dpbf16ps(2, 4, 5); }
-          if (nd > 3) { _tile_loadd(6, vc + 48, D * 4); _tile_dpbf16ps(3, 4, 6); }
-        }
-        _tile_stored(0, obuf.data(), 64 * 4);
-        if (nd > 1) _tile_stored(1, obuf.data() + 16, 64 * 4);
-        if (nd > 2) _tile_stored(2, obuf.data() + 32, 64 * 4);
-        if (nd > 3) _tile_stored(3, obuf.data() + 48, 64 * 4);
+        for (int64_t j0 = 0; j0 < S2e; j0 += 32)
+          multiply_tiles(pbuf.data() + j0, S2 * 2, Vp.data() + (j0 / 2) * D + d0, D * 4, nd);
+        store_tiles(obuf.data(), 64 * 4, nd);
         for (int64_t r = 0; r < nrows; ++r) {
           uint16_t* orow = op + b * os0 + h * os1 + (i0 + r) * os2 + d0;
           const __m512 iv = _mm512_set1_ps(rinv[r]);
